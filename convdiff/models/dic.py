@@ -1,0 +1,154 @@
+"""DiC: a diffusion U-Net of plain Conv3x3 blocks (Tian et al., CVPR 2025), exact to the official code.
+
+Hourglass over `levels` resolutions (3 for the paper's 5-entry depth list), widths hidden_size * mult_channels.
+Ideas from the paper, each visible below:
+- sparse skips: every `skip_stride`-th encoder block (counted from the end) is concatenated into the input of
+  every `skip_stride`-th decoder block at the same resolution (mirror pairs);
+- stage-specific embeddings: one timestep embedder and label table per level;
+- mid-block injection: the condition scales/shifts after the block's second norm, not at its input;
+- conditional gating: the block output is gated per channel (gate, scale, shift chunk order; the gate
+  projection keeps xavier init, unlike adaLN-Zero -- the official zeroing loop misses it).
+"""
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+
+from ..nn.embeddings import StageConditioning
+from ..nn.modulation import AdaLNModulation, gate, modulate
+from ..nn.norms import group_norm
+from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
+from .inputs import broadcast_timesteps, check_class_labels, check_sample
+
+
+class DiCBlock(nn.Module):
+    """GN -> GELU -> Conv3x3 -> GN -> modulate -> GELU -> Conv3x3 -> gate, plus a (1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, max_groups: int = 32, min_channels_per_group: int = 4):
+        super().__init__()
+        self.norm0 = group_norm(in_channels, max_groups, min_channels_per_group)
+        self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.modulation = AdaLNModulation(out_channels, out_channels, chunks=3, zero_init=False)
+        self.norm1 = group_norm(out_channels, max_groups, min_channels_per_group)
+        self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv0(F.gelu(self.norm0(x)))
+        gate_values, scale, shift = self.modulation(cond)
+        h = F.gelu(modulate(self.norm1(h), shift, scale))
+        h = self.conv1(h)
+        return gate(h, gate_values) + self.shortcut(x)
+
+
+def skip_sources(depth: int, skip_stride: int):
+    """Encoder block indices whose outputs are kept for the decoder: the last one and every stride-th before it."""
+    return [b for b in range(depth) if (depth - 1 - b) % skip_stride == 0]
+
+
+def skip_targets(depth: int, skip_stride: int):
+    """Decoder block indices that take a concatenated skip."""
+    return [j for j in range(depth) if j % skip_stride == 0]
+
+
+class DiCModel(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["DiCBlock"]
+    _repeated_blocks = ["DiCBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        learn_sigma: bool = True,
+        hidden_size: int = 384,
+        depth: tuple = (7, 7, 8, 7, 7),
+        mult_channels: tuple = (1, 2, 4, 2, 1),
+        skip_stride: int = 3,
+        num_groups: int = 32,
+        min_channels_per_group: int = 4,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+    ):
+        super().__init__()
+        depth, mult = list(depth), list(mult_channels)
+        if len(depth) % 2 == 0 or len(depth) != len(mult):
+            raise ValueError(f"depth and mult_channels need the same odd length (encoder, middle, decoder); got {depth} and {mult}.")
+        levels = (len(depth) + 1) // 2
+        if depth[: levels - 1] != depth[levels:][::-1]:
+            raise ValueError(f"DiC pairs skips mirror-wise, so depth must be symmetric (e.g. [6, 6, 5, 6, 6]); got {depth}.")
+        expected_out = in_channels * (2 if learn_sigma else 1)
+        if out_channels is not None and out_channels != expected_out:
+            raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with learn_sigma={learn_sigma} ({expected_out}).")
+        self.register_to_config(out_channels=expected_out)
+        self.levels = levels
+        self.stride = 2 ** (levels - 1)
+        widths = [hidden_size * m for m in mult]
+        groups = dict(max_groups=num_groups, min_channels_per_group=min_channels_per_group)
+
+        self.stem = ConvStem(in_channels, widths[0])
+        self.conditioning = StageConditioning(widths[:levels], num_classes, class_dropout_prob)
+        self.encoder = nn.ModuleList(
+            [nn.ModuleList([DiCBlock(widths[i], widths[i], **groups) for _ in range(depth[i])]) for i in range(levels - 1)]
+        )
+        self.downsamplers = nn.ModuleList([PixelUnshuffleDown(widths[i], widths[i + 1]) for i in range(levels - 1)])
+        self.middle = nn.ModuleList([DiCBlock(widths[levels - 1], widths[levels - 1], **groups) for _ in range(depth[levels - 1])])
+        self.upsamplers = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for k in range(levels - 1):
+            stage, mirror = levels + k, levels - 2 - k
+            self.upsamplers.append(PixelShuffleUp(widths[stage - 1], widths[stage]))
+            takes_skip = skip_targets(depth[stage], skip_stride)
+            self.decoder.append(nn.ModuleList([
+                DiCBlock(widths[stage] + (widths[mirror] if j in takes_skip else 0), widths[stage], **groups)
+                for j in range(depth[stage])
+            ]))
+        self.output_conv = nn.Conv2d(widths[-1], widths[-1], 3, padding=1)
+        self.head = ModulatedConvHead(widths[-1], expected_out, widths[-1])
+        # Decoder stages reuse the encoder conditions mirror-wise; the last one uses the level of matching width.
+        self.decoder_condition_index = list(range(levels - 2, 0, -1)) + [mult[:levels].index(mult[-1])]
+        self.gradient_checkpointing = False
+        init_like_official(self)
+
+    def _block(self, block, x, cond):
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, x, cond)
+        return block(x, cond)
+
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
+        check_sample(hidden_states, self.config.in_channels, self.stride, "DiCModel")
+        batch = hidden_states.shape[0]
+        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
+        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
+                                    hidden_states.device, "DiCModel")
+        conds = [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+        skip_stride = self.config.skip_stride
+
+        x = self.stem(hidden_states)
+        skips = []
+        for level, (stage, down) in enumerate(zip(self.encoder, self.downsamplers)):
+            keep = skip_sources(len(stage), skip_stride)
+            for b, block in enumerate(stage):
+                x = self._block(block, x, conds[level])
+                if b in keep:
+                    skips.append(x)
+            x = down(x)
+        for block in self.middle:
+            x = self._block(block, x, conds[-1])
+        for up, stage, cond_index in zip(self.upsamplers, self.decoder, self.decoder_condition_index):
+            x = up(x)
+            takes_skip = skip_targets(len(stage), skip_stride)
+            for j, block in enumerate(stage):
+                if j in takes_skip:
+                    x = torch.cat([x, skips.pop()], dim=1)
+                x = self._block(block, x, conds[cond_index])
+        out = self.head(self.output_conv(x), conds[self.decoder_condition_index[-1]])
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)

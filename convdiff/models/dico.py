@@ -1,0 +1,123 @@
+"""DiCo: diffusion ConvNets with compact channel attention (Ai et al., NeurIPS 2025), exact to the official code.
+
+A 3-level U-shape at widths H, 2H, 4H with one concat skip per resolution (then a 1x1 reduce). The last
+decoder stage and the head run at 2H and reuse the 2H condition. Each block is DiT's adaLN-Zero block with
+the attention replaced by the conv module 1x1 -> depthwise 3x3 -> GELU -> compact channel attention -> 1x1,
+and the MLP by a 1x1-conv FFN.
+"""
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+
+from ..nn.channel_attention import CompactChannelAttention
+from ..nn.embeddings import StageConditioning
+from ..nn.modulation import AdaLNModulation, gate, modulate
+from ..nn.norms import LayerNorm2d
+from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
+from .inputs import broadcast_timesteps, check_class_labels, check_sample
+
+
+class DiCoBlock(nn.Module):
+    """x + gate1 * ConvModule(modulate(LN(x))); x + gate2 * FFN(modulate(LN(x)))."""
+
+    def __init__(self, channels: int, mlp_ratio: float = 2.0):
+        super().__init__()
+        hidden = int(channels * mlp_ratio)
+        self.norm1 = LayerNorm2d(channels)
+        self.pointwise_in = nn.Conv2d(channels, channels, 1)
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.channel_attention = CompactChannelAttention(channels)
+        self.pointwise_out = nn.Conv2d(channels, channels, 1)
+        self.norm2 = LayerNorm2d(channels)
+        self.ffn_in = nn.Conv2d(channels, hidden, 1)
+        self.ffn_out = nn.Conv2d(hidden, channels, 1)
+        self.modulation = AdaLNModulation(channels, channels, chunks=6, zero_init=True)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
+        h = F.gelu(self.depthwise(self.pointwise_in(modulate(self.norm1(x), shift1, scale1))))
+        x = x + gate(self.pointwise_out(self.channel_attention(h)), gate1)
+        h = self.ffn_out(F.gelu(self.ffn_in(modulate(self.norm2(x), shift2, scale2))))
+        return x + gate(h, gate2)
+
+
+class DiCoModel(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["DiCoBlock"]
+    _repeated_blocks = ["DiCoBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        learn_sigma: bool = True,
+        hidden_size: int = 416,
+        depth: tuple = (9, 9, 10, 9, 9),
+        mlp_ratio: float = 2.0,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+    ):
+        super().__init__()
+        if len(depth) != 5:
+            raise ValueError(f"DiCo has 3 levels, so depth lists 5 stages [enc1, enc2, middle, dec2, dec1]; got {list(depth)}.")
+        expected_out = in_channels * (2 if learn_sigma else 1)
+        if out_channels is not None and out_channels != expected_out:
+            raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with learn_sigma={learn_sigma} ({expected_out}).")
+        self.register_to_config(out_channels=expected_out)
+        self.stride = 4
+        h = hidden_size
+
+        def stage(width, n):
+            return nn.ModuleList([DiCoBlock(width, mlp_ratio) for _ in range(n)])
+
+        self.stem = ConvStem(in_channels, h)
+        self.conditioning = StageConditioning([h, 2 * h, 4 * h], num_classes, class_dropout_prob)
+        self.encoder_1 = stage(h, depth[0])
+        self.down_1 = PixelUnshuffleDown(h, 2 * h)
+        self.encoder_2 = stage(2 * h, depth[1])
+        self.down_2 = PixelUnshuffleDown(2 * h, 4 * h)
+        self.middle = stage(4 * h, depth[2])
+        self.up_2 = PixelShuffleUp(4 * h, 2 * h)
+        self.reduce_2 = nn.Conv2d(4 * h, 2 * h, 1)
+        self.decoder_2 = stage(2 * h, depth[3])
+        self.up_1 = PixelShuffleUp(2 * h, h)
+        self.reduce_1 = nn.Conv2d(2 * h, 2 * h, 1)
+        self.decoder_1 = stage(2 * h, depth[4])
+        self.head = ModulatedConvHead(2 * h, expected_out, 2 * h)
+        self.gradient_checkpointing = False
+        init_like_official(self)
+
+    def _stage(self, blocks, x, cond):
+        for block in blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, cond)
+            else:
+                x = block(x, cond)
+        return x
+
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
+        check_sample(hidden_states, self.config.in_channels, self.stride, "DiCoModel")
+        batch = hidden_states.shape[0]
+        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
+        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
+                                    hidden_states.device, "DiCoModel")
+        c1, c2, c3 = [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+
+        enc1 = self._stage(self.encoder_1, self.stem(hidden_states), c1)
+        enc2 = self._stage(self.encoder_2, self.down_1(enc1), c2)
+        x = self._stage(self.middle, self.down_2(enc2), c3)
+        x = self.reduce_2(torch.cat([self.up_2(x), enc2], dim=1))
+        x = self._stage(self.decoder_2, x, c2)
+        x = self.reduce_1(torch.cat([self.up_1(x), enc1], dim=1))
+        x = self._stage(self.decoder_1, x, c2)
+        out = self.head(x, c2)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)

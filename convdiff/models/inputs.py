@@ -1,0 +1,56 @@
+"""Input checks and timestep broadcasting shared by the convdiff denoisers' forward passes.
+
+Bad input fails here with a message that says what was expected, never deep inside torch.
+"""
+
+import torch
+
+
+def broadcast_timesteps(timestep, batch_size: int, device) -> torch.Tensor:
+    """Accept an int/float, a 0-d tensor or an (N,) tensor and return an (N,) tensor on `device`."""
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], dtype=torch.float32 if isinstance(timestep, float) else torch.long)
+    timestep = timestep.to(device)
+    if timestep.ndim == 0:
+        timestep = timestep[None]
+    if timestep.ndim != 1 or timestep.shape[0] not in (1, batch_size):
+        raise ValueError(f"timestep must be a scalar or have shape ({batch_size},), got shape {tuple(timestep.shape)}.")
+    return timestep.expand(batch_size)
+
+
+def check_sample(hidden_states: torch.Tensor, in_channels: int, stride: int, model_name: str) -> None:
+    if hidden_states.ndim != 4:
+        raise ValueError(f"{model_name} expects a (batch, channels, height, width) tensor, got shape {tuple(hidden_states.shape)}.")
+    channels, height, width = hidden_states.shape[1:]
+    if channels != in_channels:
+        raise ValueError(
+            f"{model_name} was built for in_channels={in_channels} but got {channels} channels: use a model with "
+            f"in_channels={channels} (4 for SD-VAE latents, 1 or 3 for pixels) or pass data with {in_channels} channels."
+        )
+    if height % stride or width % stride:
+        raise ValueError(
+            f"{model_name} downsamples by {stride}, so height and width must be divisible by {stride}; got {height}x{width}. "
+            f"Resize or pad the input to a multiple of {stride}."
+        )
+
+
+def check_class_labels(class_labels, batch_size: int, num_classes: int, has_null_class: bool, device, model_name: str):
+    """Return labels as a long (N,) tensor (or None for an unconditional model), after range checks."""
+    if num_classes == 0:
+        if class_labels is not None:
+            raise ValueError(f"{model_name} is unconditional (num_classes=0) but class_labels were given; pass class_labels=None.")
+        return None
+    if class_labels is None:
+        null_hint = f" (or the null class id {num_classes} for an unconditional sample)" if has_null_class else ""
+        raise ValueError(f"{model_name} is class-conditional (num_classes={num_classes}): pass class_labels{null_hint}.")
+    labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+    if labels.shape[0] == 1 and batch_size > 1:
+        labels = labels.expand(batch_size)
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"got {labels.shape[0]} class labels for a batch of {batch_size}.")
+    highest = num_classes if has_null_class else num_classes - 1
+    if bool(((labels < 0) | (labels > highest)).any()):
+        bad = labels[(labels < 0) | (labels > highest)].tolist()
+        null_note = f"; {num_classes} is the null class" if has_null_class else ""
+        raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {bad}.")
+    return labels

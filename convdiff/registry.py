@@ -1,0 +1,70 @@
+"""Named model sizes: every paper size of DiC and DiCo, diffusers' DiT baselines, and tiny sizes for tests/CPU.
+
+`create_model("dico-xl")` builds the ImageNet-256 latent model; keyword overrides change the config
+(`create_model("dic-tiny", in_channels=1, sample_size=28, num_classes=10, learn_sigma=False)`).
+"""
+
+import difflib
+
+from diffusers import DiTTransformer2DModel
+
+from .models.dic import DiCModel
+from .models.dico import DiCoModel
+
+
+def _dit(heads: int, head_dim: int, layers: int) -> dict:
+    return dict(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers, in_channels=4,
+                out_channels=8, sample_size=32, patch_size=2)
+
+
+MODELS = {
+    # DiC (reference/backbones.md §2.3): widths hidden_size * [1, 2, 4, 2, 1], skip stride 3.
+    "dic-s": (DiCModel, dict(hidden_size=96, depth=[6, 6, 5, 6, 6])),
+    "dic-b": (DiCModel, dict(hidden_size=192, depth=[6, 6, 5, 6, 6])),
+    "dic-xl": (DiCModel, dict(hidden_size=384, depth=[7, 7, 8, 7, 7])),
+    "dic-h": (DiCModel, dict(hidden_size=384, depth=[14, 14, 10, 14, 14])),
+    # DiCo (reference/backbones.md §3.3).
+    "dico-s": (DiCoModel, dict(hidden_size=128, depth=[5, 4, 4, 4, 4], mlp_ratio=2)),
+    "dico-b": (DiCoModel, dict(hidden_size=256, depth=[5, 4, 4, 4, 4], mlp_ratio=2)),
+    "dico-l": (DiCoModel, dict(hidden_size=352, depth=[9, 8, 9, 8, 9], mlp_ratio=2)),
+    "dico-xl": (DiCoModel, dict(hidden_size=416, depth=[9, 9, 10, 9, 9], mlp_ratio=2)),
+    "dico-h": (DiCoModel, dict(hidden_size=416, depth=[14, 12, 10, 12, 14], mlp_ratio=4)),
+    # diffusers' DiT as the baseline (its embedder is duplicated in every block, so it has more parameters
+    # than the official DiT with the same FLOPs: see docs/benchmarks.md).
+    "dit-s-2": (DiTTransformer2DModel, _dit(6, 64, 12)),
+    "dit-b-2": (DiTTransformer2DModel, _dit(12, 64, 12)),
+    "dit-l-2": (DiTTransformer2DModel, _dit(16, 64, 24)),
+    "dit-xl-2": (DiTTransformer2DModel, _dit(16, 72, 28)),
+    # Tiny sizes for tests and CPU demos.
+    "dic-tiny": (DiCModel, dict(hidden_size=32, depth=[2, 2, 2, 2, 2], num_classes=10)),
+    "dico-tiny": (DiCoModel, dict(hidden_size=32, depth=[1, 1, 1, 1, 1], mlp_ratio=2, num_classes=10)),
+    "dit-tiny": (DiTTransformer2DModel, dict(_dit(2, 16, 2), num_embeds_ada_norm=10)),
+}
+
+# Parameter counts of the official models (reference/backbones.md; DiCo counts are the training logs' exact ones).
+PAPER_PARAMS = {
+    "dic-s": 32.84e6, "dic-b": 129.53e6, "dic-xl": 702.27e6, "dic-h": 1034.52e6,
+    "dico-s": 33_137_672, "dico-b": 129_992_712, "dico-l": 463_897_992, "dico-xl": 701_151_368, "dico-h": 1037.4e6,
+}
+
+
+def normalize_name(name: str) -> str:
+    return name.strip().lower().replace("/", "-").replace("_", "-")
+
+
+def model_spec(name: str):
+    """(class, config dict) for a registered name; a clear error with close matches otherwise."""
+    key = normalize_name(name)
+    if key not in MODELS:
+        close = difflib.get_close_matches(key, MODELS, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} Registered models: {', '.join(sorted(MODELS))}.")
+    cls, config = MODELS[key]
+    return cls, dict(config)
+
+
+def create_model(name: str, **overrides):
+    """Build a freshly initialised model from a registered name, with config overrides."""
+    cls, config = model_spec(name)
+    config.update(overrides)
+    return cls(**config)
