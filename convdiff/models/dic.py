@@ -21,7 +21,7 @@ from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import broadcast_timesteps, check_class_labels, check_sample
+from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample
 
 
 class DiCBlock(nn.Module):
@@ -75,8 +75,10 @@ class DiCModel(ModelMixin, ConfigMixin):
         min_channels_per_group: int = 4,
         num_classes: int = 1000,
         class_dropout_prob: float = 0.1,
+        prediction_type: str = "epsilon",
     ):
         super().__init__()
+        check_prediction_type(prediction_type, learn_sigma)
         depth, mult = list(depth), list(mult_channels)
         if len(depth) % 2 == 0 or len(depth) != len(mult):
             raise ValueError(f"depth and mult_channels need the same odd length (encoder, middle, decoder); got {depth} and {mult}.")

@@ -18,7 +18,7 @@ from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import broadcast_timesteps, check_class_labels, check_sample
+from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample
 
 
 class DiCoBlock(nn.Module):
@@ -63,8 +63,10 @@ class DiCoModel(ModelMixin, ConfigMixin):
         mlp_ratio: float = 2.0,
         num_classes: int = 1000,
         class_dropout_prob: float = 0.1,
+        prediction_type: str = "epsilon",
     ):
         super().__init__()
+        check_prediction_type(prediction_type, learn_sigma)
         if len(depth) != 5:
             raise ValueError(f"DiCo has 3 levels, so depth lists 5 stages [enc1, enc2, middle, dec2, dec1]; got {list(depth)}.")
         expected_out = in_channels * (2 if learn_sigma else 1)

@@ -54,3 +54,15 @@ def check_class_labels(class_labels, batch_size: int, num_classes: int, has_null
         null_note = f"; {num_classes} is the null class" if has_null_class else ""
         raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {bad}.")
     return labels
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+
+
+def check_prediction_type(prediction_type: str, learn_sigma: bool) -> None:
+    """The config records what the model predicts, so pipelines can refuse a sampler that does not fit."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}; got {prediction_type!r}.")
+    if learn_sigma and prediction_type != "epsilon":
+        raise ValueError(f"learned sigma goes with prediction_type='epsilon' (the ADM hybrid loss); "
+                         f"set learn_sigma=False for {prediction_type!r}.")

@@ -1,0 +1,9 @@
+"""diffusers `DiffusionPipeline`s over convdiff (and diffusers) denoisers."""
+
+# Bound here too so model_index.json entries that name this package resolve their loading methods.
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+
+from .class_conditional import ClassConditionalPipeline
+from .guidance import apply_guidance, guidance_scale_at, power_cosine_scale
+
+__all__ = ["ClassConditionalPipeline", "apply_guidance", "guidance_scale_at", "power_cosine_scale"]

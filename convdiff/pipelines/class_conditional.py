@@ -1,0 +1,395 @@
+"""Class-conditional (or unconditional) image generation with any convdiff or diffusers denoiser.
+
+`ClassConditionalPipeline` is diffusers' `DiTPipeline` made general and correct for every scheduler:
+
+- components `transformer` (DiC, DiCo, DiffiT, diffusers' `DiTTransformer2DModel`, ...: anything with
+  `forward(x, t, class_labels=None, return_dict=...)`), `scheduler` (any Karras-family diffusers scheduler;
+  flow-matching ones only for models that declare a flow parameterisation) and an optional `vae`
+  (`None` = the model works in pixel space). The names match DiTPipeline's, so a DiT folder loads as is;
+- honours the scheduler loop contract that DiTPipeline skips: noise times `init_noise_sigma` and
+  `scale_model_input` every step (Euler-type samplers need both), second-order schedulers (Heun, KDPM2),
+  and `generator` handed to stochastic `step`s;
+- learned σ (out_channels = 2 * in_channels) is split off before `scheduler.step`, except for
+  `DDPMScheduler(variance_type="learned"|"learned_range")`, the one sampler that uses it (ADM/DiT's 250-step
+  evaluation sampler);
+- classifier-free guidance with the null class (`num_classes`, or `num_embeds_ada_norm` for diffusers' DiT),
+  on all ε channels (diffusers) or only the first 3 (`guidance_channels=3`, the official DiT/DiC/DiCo/DiffiT
+  rule), with a constant or DiffiT's power-cosine scale schedule (see `guidance.py`);
+- `callback_on_step_end`, interruption, model offload hooks, and clear `ValueError`s for bad labels,
+  latents, output types and scheduler/model mismatches.
+
+Load a saved pipeline with `ClassConditionalPipeline.from_pretrained(folder)` (not `DiffusionPipeline`: the
+class lives in convdiff, reference/ecosystem.md §2.3).
+"""
+
+import inspect
+from typing import Callable
+
+import torch
+# The diffusers base-class names must be bound in this module so model_index.json entries pointing here
+# resolve their loading methods (reference/ecosystem.md §2.3).
+from diffusers import ConfigMixin, DDPMScheduler, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+FLOW_PARAMETERISATIONS = ("flow", "flow_prediction", "rectified_flow")
+LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+def class_info(config) -> tuple[int, int | None]:
+    """(number of classes, null class id or None) read from a denoiser config.
+
+    convdiff models: `num_classes` (0 = unconditional), null id = num_classes when `class_dropout_prob > 0`.
+    diffusers' DiTTransformer2DModel: `num_embeds_ada_norm`; its label table always has the extra null row.
+    """
+    if "num_classes" in config:
+        num_classes = int(config["num_classes"] or 0)
+        has_null = num_classes > 0 and float(config.get("class_dropout_prob", 0.0) or 0.0) > 0
+        return num_classes, (num_classes if has_null else None)
+    if config.get("num_embeds_ada_norm"):
+        num_classes = int(config["num_embeds_ada_norm"])
+        return num_classes, num_classes
+    return 0, None
+
+
+def model_parameterisation(config) -> str | None:
+    """What the denoiser predicts, if its config records it (`prediction_type` or `objective`)."""
+    for key in ("prediction_type", "objective"):
+        value = config.get(key)
+        if value:
+            return "flow" if value in FLOW_PARAMETERISATIONS else str(value)
+    return None
+
+
+def scheduler_is_flow(scheduler) -> bool:
+    config = scheduler.config
+    return (type(scheduler).__name__.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+class ClassConditionalPipeline(DiffusionPipeline):
+    r"""Sample images from a class-conditional (or unconditional) denoiser, in latent or pixel space.
+
+    Args:
+        transformer: the denoiser (`ModelMixin`), called as `transformer(x, t, class_labels=..., return_dict=False)`.
+        scheduler: a diffusers scheduler, e.g. `DDIMScheduler(clip_sample=False)` or
+            `DDPMScheduler(variance_type="learned_range", clip_sample=False)` (ADM/DiT's evaluation sampler).
+        vae: optional `AutoencoderKL`; `None` means the denoiser works on pixels in [-1, 1].
+        id2label: optional `{class id: "name, synonym, ..."}` for `get_label_ids`, saved in model_index.json.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
+                 id2label: dict | None = None):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        # JSON turns int keys into strings; store strings so an in-memory and a reloaded pipeline agree.
+        id2label = {str(k): v for k, v in id2label.items()} if id2label else None
+        self.register_to_config(id2label=id2label)
+        self.labels = {}
+        for key, names in (id2label or {}).items():
+            for name in names.split(","):
+                self.labels[name.strip()] = int(key)
+        self.labels = dict(sorted(self.labels.items()))
+
+    # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """Map class names (any comma-separated synonym in id2label) to class ids."""
+        if isinstance(label, str):
+            label = [label]
+        if not self.labels:
+            raise ValueError("This pipeline has no id2label mapping: pass integer class_labels, "
+                             "or build it with id2label={id: 'name'}.")
+        unknown = [name for name in label if name not in self.labels]
+        if unknown:
+            shown = ", ".join(list(self.labels)[:20]) + (", ..." if len(self.labels) > 20 else "")
+            raise ValueError(f"Unknown label(s) {unknown}; known labels are: {shown}.")
+        return [self.labels[name] for name in label]
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    def _sample_shape(self) -> tuple[int, int, int]:
+        config = self.transformer.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return config.in_channels, height, width
+
+    def check_scheduler(self) -> None:
+        """Refuse scheduler/model pairs that would silently sample garbage or crash deep inside diffusers."""
+        model_kind = model_parameterisation(self.transformer.config)
+        flow = scheduler_is_flow(self.scheduler)
+        name = type(self.scheduler).__name__
+        if flow and model_kind not in (None, "flow"):  # None: the model does not say (diffusers' DiT)
+            raise ValueError(
+                f"{name} is a flow-matching sampler, but the transformer's config does not declare a flow "
+                f"parameterisation (prediction_type={model_kind!r}). DiT/DiC/DiCo checkpoints predict ε: use a "
+                "DDPM/DDIM/DPMSolverMultistep/Euler/UniPC/Heun scheduler, or set prediction_type='flow' in the "
+                "model config if it really was trained with flow matching."
+            )
+        if model_kind == "flow" and not flow:
+            raise ValueError(f"The transformer predicts flow velocity but {name} is not a flow-matching sampler; "
+                             "use FlowMatchEulerDiscreteScheduler.")
+        scheduler_kind = self.scheduler.config.get("prediction_type")
+        if model_kind not in (None, "flow") and scheduler_kind and scheduler_kind != model_kind:
+            raise ValueError(f"The transformer predicts {model_kind!r} but the scheduler expects {scheduler_kind!r}; "
+                             f"rebuild it with {name}.from_config(pipe.scheduler.config, prediction_type={model_kind!r}).")
+        in_channels = self.transformer.config.in_channels
+        out_channels = self.transformer.config.get("out_channels") or in_channels  # diffusers' DiT may store None
+        variance_type = self.scheduler.config.get("variance_type")
+        is_ddpm = isinstance(self.scheduler, DDPMScheduler)
+        if is_ddpm and variance_type in LEARNED_VARIANCE and out_channels != 2 * in_channels:
+            raise ValueError(
+                f"DDPMScheduler(variance_type={variance_type!r}) needs a model that predicts its variance (out_channels = "
+                f"2 * in_channels = {2 * in_channels}), but this one has out_channels={out_channels}: use "
+                "DDPMScheduler.from_config(pipe.scheduler.config, variance_type='fixed_small')."
+            )
+        if not is_ddpm and variance_type in LEARNED_VARIANCE and in_channels > 3:
+            # DPM-Solver/SA-Solver slice model_output[:, :3] (hard-coded RGB) when variance_type is learned,
+            # which breaks 4-channel latents; the pipeline already drops the variance, so it is not needed.
+            raise ValueError(
+                f"{name} with variance_type={variance_type!r} keeps only 3 of the {in_channels} latent channels (a "
+                "diffusers quirk). The pipeline removes the learned variance itself: use "
+                f"{name}.from_config(pipe.scheduler.config, variance_type=None)."
+            )
+
+    def check_class_labels(self, class_labels, batch_size, guidance_scale):
+        """Return (class ids as a long tensor, or None for an unconditional model; batch size)."""
+        num_classes, null_id = class_info(self.transformer.config)
+        if num_classes == 0:
+            if class_labels is not None:
+                raise ValueError("The transformer is unconditional (num_classes=0), so class_labels must be None; "
+                                 "use batch_size=N for N samples.")
+            if guidance_scale > 1:
+                raise ValueError("Classifier-free guidance needs a class-conditional model; this one is unconditional: "
+                                 "use guidance_scale=1.")
+            return None, 1 if batch_size is None else int(batch_size)
+        if class_labels is None:
+            raise ValueError(f"The transformer is class-conditional ({num_classes} classes): pass class_labels, "
+                             "e.g. [0, 1] or pipe.get_label_ids(['name', ...]).")
+        if isinstance(class_labels, str) or (isinstance(class_labels, (list, tuple))
+                                             and any(isinstance(c, str) for c in class_labels)):
+            raise ValueError("class_labels must be integer ids; map names with pipe.get_label_ids([...]) first.")
+        labels = torch.as_tensor(class_labels).reshape(-1)
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}.")
+        labels = labels.long()
+        highest = num_classes if null_id is not None else num_classes - 1
+        bad = labels[(labels < 0) | (labels > highest)].tolist()
+        if bad:
+            null_note = f" ({null_id} is the null class, for unconditional samples)" if null_id is not None else ""
+            raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {bad}.")
+        if batch_size is not None and int(batch_size) != labels.numel():
+            if labels.numel() != 1:
+                raise ValueError(f"batch_size={batch_size} but {labels.numel()} class labels were given; "
+                                 "pass one label per sample.")
+            labels = labels.expand(int(batch_size))
+        if guidance_scale > 1 and null_id is None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a null class for the unconditional branch, but this model has "
+                "none (it was built with class_dropout_prob=0). Use guidance_scale=1, or a model trained with label dropout."
+            )
+        return labels, labels.numel()
+
+    def check_inputs(self, class_labels, batch_size, guidance_scale, guidance_channels, guidance_schedule,
+                     latents, output_type, generator, callback_on_step_end_tensor_inputs):
+        """Validate everything up front; return (class ids as a long tensor or None, batch size)."""
+        labels, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
+        if batch < 1:
+            raise ValueError(f"Need at least one sample, got batch size {batch}.")
+        in_channels = self.transformer.config.in_channels
+        if guidance_channels is not None and not (isinstance(guidance_channels, int)
+                                                  and 1 <= guidance_channels <= in_channels):
+            raise ValueError(f"guidance_channels must be None (all channels) or an int in [1, {in_channels}], "
+                             f"got {guidance_channels!r}.")
+        check_schedule(guidance_schedule)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if latents is not None and not (torch.is_tensor(latents) and latents.ndim == 4
+                                        and tuple(latents.shape[:2]) == (batch, in_channels)):
+            shape = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+            raise ValueError(f"latents must be a (batch={batch}, channels={in_channels}, height, width) tensor, got {shape}.")
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"Got a list of {len(generator)} generators for a batch of {batch}; "
+                             "pass one per sample or a single generator.")
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                                 f"got {unknown}.")
+        return labels, batch
+
+    # ---- sampling ---------------------------------------------------------------------------------------
+    def prepare_latents(self, batch, dtype, device, generator, latents=None):
+        channels, height, width = self._sample_shape()
+        if latents is None:
+            latents = randn_tensor((batch, channels, height, width), generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        # DiTPipeline forgets this; Euler-type samplers start at sigma_max (~157 for the linear schedule).
+        init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
+        return latents if init_sigma is None else latents * init_sigma
+
+    def predict(self, latents, t, labels, null_id, scale, guidance_channels):
+        """One (CFG-batched) forward pass; returns the guided model output for the conditional batch."""
+        model_input = torch.cat([latents, latents]) if scale is not None else latents
+        if hasattr(self.scheduler, "scale_model_input"):  # flow-matching schedulers have none
+            model_input = self.scheduler.scale_model_input(model_input, t)
+        labels_in = labels
+        if scale is not None:
+            labels_in = torch.cat([labels, torch.full_like(labels, null_id)])
+        timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
+        timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
+        out = self.transformer(model_input, timesteps, class_labels=labels_in, return_dict=False)[0]
+        if scale is None:
+            return out
+        cond, uncond = out.chunk(2)
+        in_channels = self.transformer.config.in_channels
+        return apply_guidance(cond, uncond, scale, guidance_channels or in_channels)
+
+    def split_learned_sigma(self, model_output):
+        """Drop the learned-variance half unless the scheduler is the DDPM sampler that uses it."""
+        in_channels = self.transformer.config.in_channels
+        if model_output.shape[1] != 2 * in_channels:
+            return model_output
+        keeps = isinstance(self.scheduler, DDPMScheduler) and self.scheduler.config.variance_type in LEARNED_VARIANCE
+        return model_output if keeps else model_output[:, :in_channels]
+
+    def decode(self, latents, output_type):
+        if output_type == "latent":
+            return latents
+        if self.vae is not None:
+            latents = latents / self.vae.config.scaling_factor
+            shift = getattr(self.vae.config, "shift_factor", None)
+            if shift is not None:
+                latents = latents + shift
+            images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        else:
+            images = latents
+        images = (images / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        # float32 for bf16/fp16 runs; (N, H, W, C) so 1-channel images become 'L' PIL images.
+        images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        return images if output_type == "np" else self.numpy_to_pil(images)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        guidance_channels: int | None = None,
+        guidance_schedule: GuidanceSchedule = "constant",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006  (diffusers' signature)
+        batch_size: int | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images.
+
+        Args:
+            class_labels: class ids, one per sample (`pipe.get_label_ids(names)` maps names); the null id gives
+                unconditional samples. Must be None for an unconditional model.
+            num_inference_steps: sampler steps (`scheduler.set_timesteps`).
+            guidance_scale: classifier-free guidance scale (its peak for "power-cosine"); active when > 1.
+            guidance_channels: None guides all latent channels (diffusers); 3 reproduces official DiT/DiC/DiCo/DiffiT.
+            guidance_schedule: "constant", "power-cosine" (DiffiT) or a callable `(t, scale, num_train_timesteps)`.
+            generator: `torch.Generator` or one per sample, for reproducible noise and stochastic steps.
+            latents: optional starting noise (batch, C, H, W), scaled by `init_noise_sigma` like fresh noise.
+            output_type: "pil", "np" (N,H,W,C in [0,1]), "pt" (N,C,H,W in [0,1]) or "latent" (denoised latents).
+            return_dict: return `ImagePipelineOutput` (else a 1-tuple).
+            callback_on_step_end: `fn(pipe, step, t, tensors) -> dict` after every scheduler step; returned
+                tensors (e.g. "latents") replace the pipeline's. Set `pipe._interrupt = True` to stop early.
+            callback_on_step_end_tensor_inputs: tensor names passed to the callback (from `_callback_tensor_inputs`).
+            batch_size: number of samples for an unconditional model (or to repeat a single class label).
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if isinstance(class_labels, int):
+            class_labels = [class_labels]
+        labels, batch = self.check_inputs(class_labels, batch_size, guidance_scale, guidance_channels,
+                                          guidance_schedule, latents, output_type, generator,
+                                          callback_on_step_end_tensor_inputs)
+        self.check_scheduler()
+        _, null_id = class_info(self.transformer.config)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        if labels is not None:
+            labels = labels.to(device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(batch, dtype, device, generator, latents)
+        num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
+        step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        order = getattr(self.scheduler, "order", 1)
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * order, 0)
+
+        # Sampling must not use training-time label dropout (it would draw from the global RNG and break
+        # seeding), so run a model that is still in train mode in eval mode and restore it afterwards.
+        was_training = self.transformer.training
+        self.transformer.eval()
+        try:
+            with self.progress_bar(total=num_inference_steps) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    scale = None
+                    if self.do_classifier_free_guidance:
+                        if null_id is None:
+                            raise ValueError("Classifier-free guidance needs a model with a null class; "
+                                             "use guidance_scale=1.")
+                        scale = guidance_scale_at(t, self._guidance_scale, guidance_schedule, num_train_timesteps)
+                    model_output = self.predict(latents, t, labels, null_id, scale, guidance_channels)
+                    model_output = self.split_learned_sigma(model_output)
+                    extra = {"generator": generator} if step_takes_generator else {}
+                    latents = self.scheduler.step(model_output, t, latents, **extra).prev_sample
+                    if latents.dtype != dtype:  # some schedulers upcast internally
+                        latents = latents.to(dtype)
+
+                    if callback_on_step_end is not None:
+                        available = {"latents": latents}
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                        latents = callback_outputs.pop("latents", latents)
+
+                    # Second-order schedulers take two model calls per step: count a step once per order.
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
+                        progress_bar.update()
+        finally:
+            if was_training:
+                self.transformer.train()
+
+        images = self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
