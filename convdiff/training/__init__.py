@@ -1,0 +1,26 @@
+"""Training: recipes, objectives, deterministic batches, atomic checkpoints and the accelerate loop."""
+
+import argparse
+
+from .config import TrainConfig, load_config
+
+
+def train_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="convdiff train",
+        description="Train any registered backbone. Run under `accelerate launch` for several processes.",
+    )
+    parser.add_argument("--config", help="a YAML recipe from configs/ (keys: see convdiff/training/config.py)")
+    parser.add_argument("--resume", dest="resume", help="'latest' or a checkpoint-<step> folder to continue from")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_train_steps=200 model_overrides.hidden_size=64")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"resume_from_checkpoint={args.resume}")
+    config = load_config(args.config, overrides)
+    from .loop import train
+
+    return train(config)
+
+
+__all__ = ["TrainConfig", "load_config", "train_main"]

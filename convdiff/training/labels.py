@@ -1,0 +1,36 @@
+"""Classifier-free label dropout decided by the training loop (so it replays exactly on resume).
+
+convdiff backbones take the drop mask as `force_drop_ids`; diffusers' DiT drops labels inside its own
+embedders with the global RNG, so there we turn that off and substitute the null id ourselves.
+"""
+
+import torch
+from diffusers.models.embeddings import LabelEmbedding as DiffusersLabelEmbedding
+
+
+def null_class_and_dropout(model):
+    """(number of classes, null id or None, dropout probability) for convdiff and diffusers models."""
+    config = model.config
+    if "num_classes" in config:
+        has_null = config.class_dropout_prob > 0
+        return config.num_classes, (config.num_classes if has_null else None), config.class_dropout_prob
+    embedders = [m for m in model.modules() if isinstance(m, DiffusersLabelEmbedding)]
+    if embedders:
+        return embedders[0].num_classes, embedders[0].num_classes, embedders[0].dropout_prob
+    return 0, None, 0.0
+
+
+def disable_internal_label_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, DiffusersLabelEmbedding):
+            module.dropout_prob = 0.0
+
+
+def conditioning_kwargs(model, labels, drop_mask):
+    """Keyword arguments that condition `model` on `labels` with the dropped ones replaced by the null class."""
+    if labels is None:
+        return {"class_labels": None}
+    if "num_classes" in model.config:
+        return {"class_labels": labels, "force_drop_ids": drop_mask.long()}
+    _, null_id, _ = null_class_and_dropout(model)
+    return {"class_labels": torch.where(drop_mask, torch.full_like(labels, null_id), labels)}

@@ -1,0 +1,65 @@
+"""Sample grids during and after training, from a pipeline around the model being trained."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..pipelines.schedulers import make_scheduler
+
+
+def build_pipeline(model, objective, config):
+    """A ClassConditionalPipeline around `model` with the objective's training scheduler (saved with it)."""
+    from diffusers import AutoencoderKL
+
+    from ..pipelines import ClassConditionalPipeline
+
+    vae = AutoencoderKL.from_pretrained(config.vae) if config.vae else None
+    return ClassConditionalPipeline(transformer=model, scheduler=objective.make_scheduler(), vae=vae)
+
+
+def grid_labels(num_classes: int, rows: int = 10):
+    """One column per class (up to 10), `rows` samples each: the 10x10 class grid."""
+    columns = min(num_classes, 10)
+    return [c for _ in range(rows) for c in range(columns)], columns
+
+
+def make_grid(images: np.ndarray, columns: int) -> Image.Image:
+    """(N, H, W, C) floats in [0, 1] -> one PIL image, row-major."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    canvas = np.ones((rows * h, columns * w, c), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
+    array = (canvas * 255).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(array[..., 0] if c == 1 else array)
+
+
+def sample_grid(pipeline, num_classes: int, num_inference_steps: int, scheduler: str, guidance_scale: float = 1.0,
+                seed: int = 0) -> Image.Image:
+    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
+    if num_classes:
+        labels, columns = grid_labels(num_classes)
+        kwargs = {"class_labels": labels}
+    else:
+        columns, kwargs = 8, {"batch_size": 64}
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+    return make_grid(images, columns)
+
+
+def save_sample_grid(pipeline, config, path):
+    from .labels import null_class_and_dropout
+
+    num_classes, _, _ = null_class_and_dropout(pipeline.transformer)
+    scheduler = pipeline.scheduler
+    grid = sample_grid(pipeline, num_classes, config.sample_num_inference_steps, config.sample_scheduler,
+                       config.sample_guidance_scale, config.seed)
+    pipeline.scheduler = scheduler  # keep the training scheduler in what gets saved
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
