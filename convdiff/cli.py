@@ -1,0 +1,36 @@
+"""`convdiff <command>`: train, sample, fid, convert, bench, extract-latents, mnist-demo.
+
+Each command lives next to the code it runs; this file only dispatches, importing lazily so
+`convdiff --help` stays fast.
+"""
+
+import argparse
+import sys
+
+COMMANDS = {
+    "train": ("convdiff.training", "train_main", "train any registered backbone (run under accelerate launch)"),
+    "sample": ("convdiff.sampling", "sample_main", "sample a grid or an ADM-format .npz from a pipeline folder or a registry model"),
+    "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
+    "convert": ("convdiff.convert", "convert_main", "convert an official DiC / DiCo .pt checkpoint into a convdiff folder"),
+    "bench": ("convdiff.bench", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
+    "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
+    "mnist-demo": ("convdiff.demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="convdiff", description="convdiff command line")
+        parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in COMMANDS.items()))
+        parser.parse_args(argv[:1] or ["--help"])
+        return 2
+    module_name, function, _ = COMMANDS[argv[0]]
+    import importlib
+
+    result = getattr(importlib.import_module(module_name), function)(argv[1:])
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
