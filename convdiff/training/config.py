@@ -54,6 +54,12 @@ class TrainConfig:
     sample_guidance_scale: float = 1.0
     dataloader_num_workers: int = 0
 
+    def __post_init__(self):
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}.")
+
 
 def config_keys():
     return [f.name for f in dataclasses.fields(TrainConfig)]
