@@ -209,3 +209,29 @@ def test_two_processes_match_one_process(tmp_path):
     b = load_file(tmp_path / "two/checkpoint-4/model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_extract_latents_then_train_on_them(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from convdiff.data.extract import extract_main
+    from convdiff.data.latents import LatentDataset
+    from convdiff.training import train_main
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    vae.save_pretrained(tmp_path / "vae")
+    for cls in ("a", "b"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.random.randint(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    extract_main(["--data", str(tmp_path / "images"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
+                  "--output", str(tmp_path / "lat.npz")])
+    data = LatentDataset(tmp_path / "lat.npz")
+    assert data.latents.shape == (4, 2, 4, 8, 8) and data.has_flip_pairs and data.num_classes == 2
+    out = tmp_path / "run"
+    train_main(["model=dico-tiny", "model_overrides.num_classes=2", "data=latents", f"data_path={tmp_path / 'lat.npz'}",
+                f"vae={tmp_path / 'vae'}", "train_batch_size=4", "max_train_steps=2", "checkpointing_steps=0",
+                "report_to=null", "sample_num_inference_steps=2", f"output_dir={out}"])
+    assert (out / "pipeline/vae/config.json").exists() and (out / "samples/final.png").exists()
