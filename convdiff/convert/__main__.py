@@ -1,0 +1,7 @@
+"""`python -m convdiff.convert --checkpoint X.pt --model dico-xl --output DIR`."""
+
+import sys
+
+from .official import convert_main
+
+sys.exit(convert_main())
