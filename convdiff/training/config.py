@@ -27,6 +27,7 @@ class TrainConfig:
     train_batch_size: int = 64  # global batch per optimizer step, over all processes and accumulation
     gradient_accumulation_steps: int = 1
     max_train_steps: int = 1000
+    max_train_seconds: float | None = None  # wall-clock budget: stop early (and save) once it is spent
     learning_rate: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, broadcast
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -135,7 +135,11 @@ def train(config: TrainConfig):
                     disable=not accelerator.is_local_main_process)
     model.train()
     tick, images_seen = time.perf_counter(), 0
+    started = time.perf_counter()
     while global_step < config.max_train_steps:
+        if config.max_train_seconds is not None and _budget_spent(accelerator, started, config.max_train_seconds):
+            logger.info("wall-clock budget of %.0f s spent at step %d", config.max_train_seconds, global_step)
+            break
         step_loss = 0.0
         for micro in range(accum):
             micro_step = global_step * accum + micro
@@ -198,6 +202,12 @@ def train(config: TrainConfig):
         _with_ema(ema, base_model, finish)
     accelerator.end_training()
     return pipeline_dir
+
+
+def _budget_spent(accelerator, started: float, budget: float) -> bool:
+    """Rank 0's clock decides for everyone, so all processes stop at the same step."""
+    spent = torch.tensor([float(time.perf_counter() - started >= budget)], device=accelerator.device)
+    return bool(broadcast(spent, from_process=0).item())
 
 
 def _with_ema(ema, model, fn):
