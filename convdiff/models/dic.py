@@ -21,7 +21,7 @@ from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample
+from .inputs import check_prediction_type, resolve_out_channels, stage_conditions
 
 
 class DiCBlock(nn.Module):
@@ -85,9 +85,7 @@ class DiCModel(ModelMixin, ConfigMixin):
         levels = (len(depth) + 1) // 2
         if depth[: levels - 1] != depth[levels:][::-1]:
             raise ValueError(f"DiC pairs skips mirror-wise, so depth must be symmetric (e.g. [6, 6, 5, 6, 6]); got {depth}.")
-        expected_out = in_channels * (2 if learn_sigma else 1)
-        if out_channels is not None and out_channels != expected_out:
-            raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with learn_sigma={learn_sigma} ({expected_out}).")
+        expected_out = resolve_out_channels(in_channels, out_channels, learn_sigma)
         self.register_to_config(out_channels=expected_out)
         self.levels = levels
         self.stride = 2 ** (levels - 1)
@@ -124,12 +122,7 @@ class DiCModel(ModelMixin, ConfigMixin):
         return block(x, cond)
 
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
-        check_sample(hidden_states, self.config.in_channels, self.stride, "DiCModel")
-        batch = hidden_states.shape[0]
-        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
-                                    hidden_states.device, "DiCModel")
-        conds = [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+        conds = stage_conditions(self, hidden_states, timestep, class_labels, force_drop_ids)
         skip_stride = self.config.skip_stride
 
         x = self.stem(hidden_states)

@@ -18,7 +18,7 @@ from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample
+from .inputs import check_prediction_type, resolve_out_channels, stage_conditions
 
 
 class DiCoBlock(nn.Module):
@@ -69,9 +69,7 @@ class DiCoModel(ModelMixin, ConfigMixin):
         check_prediction_type(prediction_type, learn_sigma)
         if len(depth) != 5:
             raise ValueError(f"DiCo has 3 levels, so depth lists 5 stages [enc1, enc2, middle, dec2, dec1]; got {list(depth)}.")
-        expected_out = in_channels * (2 if learn_sigma else 1)
-        if out_channels is not None and out_channels != expected_out:
-            raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with learn_sigma={learn_sigma} ({expected_out}).")
+        expected_out = resolve_out_channels(in_channels, out_channels, learn_sigma)
         self.register_to_config(out_channels=expected_out)
         self.stride = 4
         h = hidden_size
@@ -105,12 +103,7 @@ class DiCoModel(ModelMixin, ConfigMixin):
         return x
 
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
-        check_sample(hidden_states, self.config.in_channels, self.stride, "DiCoModel")
-        batch = hidden_states.shape[0]
-        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
-                                    hidden_states.device, "DiCoModel")
-        c1, c2, c3 = [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+        c1, c2, c3 = stage_conditions(self, hidden_states, timestep, class_labels, force_drop_ids)
 
         enc1 = self._stage(self.encoder_1, self.stem(hidden_states), c1)
         enc2 = self._stage(self.encoder_2, self.down_1(enc1), c2)

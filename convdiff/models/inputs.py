@@ -66,3 +66,23 @@ def check_prediction_type(prediction_type: str, learn_sigma: bool) -> None:
     if learn_sigma and prediction_type != "epsilon":
         raise ValueError(f"learned sigma goes with prediction_type='epsilon' (the ADM hybrid loss); "
                          f"set learn_sigma=False for {prediction_type!r}.")
+
+
+def resolve_out_channels(in_channels: int, out_channels, learn_sigma: bool) -> int:
+    """2 * in_channels with learned sigma (epsilon + variance), else in_channels; a given value must agree."""
+    expected = in_channels * (2 if learn_sigma else 1)
+    if out_channels is not None and out_channels != expected:
+        raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with "
+                         f"learn_sigma={learn_sigma} ({expected}).")
+    return expected
+
+
+def stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids):
+    """Check the inputs of a stage-conditioned conv denoiser (DiC, DiCo) and return its per-level conditions."""
+    name = type(model).__name__
+    check_sample(hidden_states, model.config.in_channels, model.stride, name)
+    batch = hidden_states.shape[0]
+    timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
+    labels = check_class_labels(class_labels, batch, model.config.num_classes, model.config.class_dropout_prob > 0,
+                                hidden_states.device, name)
+    return [c.to(hidden_states.dtype) for c in model.conditioning(timesteps, labels, force_drop_ids)]
