@@ -117,8 +117,11 @@ def test_train_in_process_writes_pipeline_grid_and_checkpoints(tmp_path):
     from convdiff.training import train_main
 
     out = tmp_path / "run"
-    train_main([*TINY, "max_train_steps=4", "checkpointing_steps=2", "checkpoints_total_limit=1", f"output_dir={out}"])
+    train_main([*TINY, "max_train_steps=4", "checkpointing_steps=2", "checkpoints_total_limit=1", f"output_dir={out}",
+                "report_to=tensorboard"])
     assert [s for s, _ in list_checkpoints(out)] == [4]
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs missing"
+    assert (out / "train_config.yaml").exists()
     grid = Image.open(out / "samples/final.png")
     assert grid.size == (280, 280) and grid.mode == "L"
     pipe = ClassConditionalPipeline.from_pretrained(out / "pipeline")
@@ -235,3 +238,11 @@ def test_extract_latents_then_train_on_them(tmp_path):
                 f"vae={tmp_path / 'vae'}", "train_batch_size=4", "max_train_steps=2", "checkpointing_steps=0",
                 "report_to=null", "sample_num_inference_steps=2", f"output_dir={out}"])
     assert (out / "pipeline/vae/config.json").exists() and (out / "samples/final.png").exists()
+
+
+def test_wall_clock_budget_stops_early_and_still_saves(tmp_path):
+    from convdiff.training import train_main
+
+    out = tmp_path / "run"
+    train_main([*TINY, "max_train_steps=100000", "max_train_seconds=0", "checkpointing_steps=0", f"output_dir={out}"])
+    assert (out / "pipeline/model_index.json").exists()
