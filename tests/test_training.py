@@ -208,6 +208,8 @@ def test_two_processes_match_one_process(tmp_path):
     double = subprocess.run([*launch, *TINY, *common, f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True,
                             env=env, cwd=ROOT)
     assert double.returncode == 0, double.stderr[-3000:]
+    assert "2 process(es) (DistributedType.MULTI_CPU)" in double.stderr, double.stderr[-3000:]
+    assert (tmp_path / "two/checkpoint-4/random_states_1.pkl").exists()
     a = load_file(tmp_path / "one/checkpoint-4/model.safetensors")
     b = load_file(tmp_path / "two/checkpoint-4/model.safetensors")
     for key in a:

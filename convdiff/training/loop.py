@@ -58,6 +58,12 @@ def check_model_fits_data(model, dataset, config: TrainConfig):
         model.train()
 
 
+def has_accelerator() -> bool:
+    """True when torch sees a GPU-like device; without one accelerate only forms a process group if told cpu=True."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
 def model_overrides_for(config: TrainConfig) -> dict:
     """The recipe's overrides, plus the objective recorded as prediction_type where the model config has one."""
     overrides = dict(config.model_overrides)
@@ -70,6 +76,7 @@ def model_overrides_for(config: TrainConfig) -> dict:
 def train(config: TrainConfig):
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
+        cpu=not has_accelerator(),  # so `--multi_gpu --num_processes N` gives real gloo DDP on a CPU machine
         mixed_precision=config.mixed_precision,
         log_with=config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
@@ -117,6 +124,8 @@ def train(config: TrainConfig):
         logger.info("resumed from %s at step %d", resume_path, global_step)
     elif config.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
+    logger.info("%d process(es) (%s), global batch %d = %d per process x %d accumulation steps", procs,
+                accelerator.distributed_type, config.train_batch_size, micro_batch // procs, accum)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.yaml")
