@@ -6,7 +6,7 @@
 
 import difflib
 
-from diffusers import DiTTransformer2DModel
+from diffusers import DiTTransformer2DModel, UNet2DModel
 
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
@@ -16,6 +16,8 @@ def _dit(heads: int, head_dim: int, layers: int) -> dict:
     return dict(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers, in_channels=4,
                 out_channels=8, sample_size=32, patch_size=2)
 
+
+_MNIST_CONVDIFF = dict(in_channels=1, sample_size=28, num_classes=10, learn_sigma=False)
 
 MODELS = {
     # DiC (reference/backbones.md §2.3): widths hidden_size * [1, 2, 4, 2, 1], skip stride 3.
@@ -39,6 +41,17 @@ MODELS = {
     "dic-tiny": (DiCModel, dict(hidden_size=32, depth=[2, 2, 2, 2, 2], num_classes=10)),
     "dico-tiny": (DiCoModel, dict(hidden_size=32, depth=[1, 1, 1, 1, 1], mlp_ratio=2, num_classes=10)),
     "dit-tiny": (DiTTransformer2DModel, dict(_dit(2, 16, 2), num_embeds_ada_norm=10)),
+    # MNIST-shaped (1x28x28, 10 classes, epsilon only) and matched in parameters to dic-tiny at in_channels=1
+    # (1.67M), for the quality-per-compute training benchmark (scripts/benchmark_training.py).
+    "dic-mnist": (DiCModel, dict(hidden_size=32, depth=[2, 2, 2, 2, 2], **_MNIST_CONVDIFF)),  # 1.67M
+    "dico-mnist": (DiCoModel, dict(hidden_size=40, depth=[1, 1, 2, 1, 1], mlp_ratio=2, **_MNIST_CONVDIFF)),  # 1.70M
+    "dit-mnist": (DiTTransformer2DModel, dict(num_attention_heads=2, attention_head_dim=64, num_layers=5, in_channels=1,
+                                              out_channels=1, sample_size=28, patch_size=2, num_embeds_ada_norm=10)),  # 1.77M
+    # diffusers' DDPM-style UNet: 28 -> 14 -> 7, attention at 7x7 and in the middle block; a plain label table.
+    "unet-mnist": (UNet2DModel, dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=[32, 64, 64],
+                                     layers_per_block=2, down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+                                     up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+                                     num_class_embeds=10)),  # 1.62M
 }
 
 # Parameter counts of the official models (reference/backbones.md; DiCo counts are the training logs' exact ones).

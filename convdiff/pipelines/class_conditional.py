@@ -45,6 +45,7 @@ def class_info(config) -> tuple[int, int | None]:
 
     convdiff models: `num_classes` (0 = unconditional), null id = num_classes when `class_dropout_prob > 0`.
     diffusers' DiTTransformer2DModel: `num_embeds_ada_norm`; its label table always has the extra null row.
+    diffusers' UNet2DModel: `num_class_embeds` (class_embed_type None), no null row (so no guidance).
     """
     if "num_classes" in config:
         num_classes = int(config["num_classes"] or 0)
@@ -53,6 +54,8 @@ def class_info(config) -> tuple[int, int | None]:
     if config.get("num_embeds_ada_norm"):
         num_classes = int(config["num_embeds_ada_norm"])
         return num_classes, num_classes
+    if config.get("num_class_embeds") and config.get("class_embed_type") is None:
+        return int(config["num_class_embeds"]), None  # diffusers' UNet2DModel: a plain label table, no null row
     return 0, None
 
 

@@ -2,6 +2,7 @@
 
 convdiff backbones take the drop mask as `force_drop_ids`; diffusers' DiT drops labels inside its own
 embedders with the global RNG, so there we turn that off and substitute the null id ourselves.
+diffusers' UNet2DModel (`num_class_embeds`, class_embed_type None) has no null row, so it trains without dropout.
 """
 
 import torch
@@ -17,6 +18,8 @@ def null_class_and_dropout(model):
     embedders = [m for m in model.modules() if isinstance(m, DiffusersLabelEmbedding)]
     if embedders:
         return embedders[0].num_classes, embedders[0].num_classes, embedders[0].dropout_prob
+    if config.get("num_class_embeds") and config.get("class_embed_type") is None:  # diffusers' UNet2DModel
+        return int(config["num_class_embeds"]), None, 0.0
     return 0, None, 0.0
 
 
@@ -33,4 +36,6 @@ def conditioning_kwargs(model, labels, drop_mask):
     if "num_classes" in model.config:
         return {"class_labels": labels, "force_drop_ids": drop_mask.long()}
     _, null_id, _ = null_class_and_dropout(model)
+    if null_id is None:  # no null class to drop to (UNet2DModel's plain label table)
+        return {"class_labels": labels}
     return {"class_labels": torch.where(drop_mask, torch.full_like(labels, null_id), labels)}
