@@ -248,3 +248,16 @@ def test_wall_clock_budget_stops_early_and_still_saves(tmp_path):
     out = tmp_path / "run"
     train_main([*TINY, "max_train_steps=100000", "max_train_seconds=0", "checkpointing_steps=0", f"output_dir={out}"])
     assert (out / "pipeline/model_index.json").exists()
+
+
+def test_label_dropout_reads_the_models_own_rate_and_the_recipe_can_override_it(tmp_path):
+    from convdiff.registry import create_model
+    from convdiff.training import train_main
+    from convdiff.training.labels import disable_internal_label_dropout, null_class_and_dropout
+
+    dit = create_model("dit-tiny")
+    assert null_class_and_dropout(dit)[2] == 0.1
+    disable_internal_label_dropout(dit)
+    assert null_class_and_dropout(dit)[2] == 0.0  # hence the loop reads the rate first
+    with pytest.raises(ValueError, match="needs a null class"):
+        train_main([*TINY, "model_overrides.class_dropout_prob=0", "label_dropout=0.2", f"output_dir={tmp_path}"])

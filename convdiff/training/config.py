@@ -38,6 +38,7 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
+    label_dropout: float | None = None  # classifier-free label dropout; None = the model's own (0.1 in DiT/DiC/DiCo)
     use_ema: bool = True
     ema_decay: float = 0.9999
     ema_warmup: bool = False  # diffusers' (1+step)/(10+step) ramp; off = DiT's constant decay

@@ -93,8 +93,13 @@ def train(config: TrainConfig):
     torch.manual_seed(config.seed)  # model init
     model = create_model(config.model, **model_overrides_for(config))
     check_model_fits_data(model, dataset, config)
+    num_classes, null_id, dropout_prob = null_class_and_dropout(model)  # read before switching the model's own off
     disable_internal_label_dropout(model)
-    num_classes, null_id, dropout_prob = null_class_and_dropout(model)
+    if config.label_dropout is not None:
+        if config.label_dropout > 0 and null_id is None:
+            raise ValueError(f"label_dropout={config.label_dropout} needs a null class, and model {config.model!r} has "
+                             "none (convdiff models: class_dropout_prob > 0 in model_overrides).")
+        dropout_prob = config.label_dropout
     pixel_space = config.data != "latents"
     objective = make_objective(config.objective, model.config.out_channels == 2 * model.config.in_channels, pixel_space)
     if config.gradient_checkpointing:

@@ -1,0 +1,18 @@
+"""Quality-per-compute training benchmark on MNIST: DiC, DiCo, diffusers UNet2DModel and DiT (~1.7M params
+each), same recipe, same CPU wall-clock budget, then FID; appends the table to docs/benchmarks.md.
+
+    OMP_NUM_THREADS=1 python scripts/benchmark_training.py                     # default: 300 s each, ~35 min
+    OMP_NUM_THREADS=1 python scripts/benchmark_training.py --budget 20 --fid-samples 50 --no-write   # smoke
+
+All logic lives in convdiff.bench_training (see `python scripts/benchmark_training.py --help`).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from convdiff.bench_training import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())
