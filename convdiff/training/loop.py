@@ -58,6 +58,17 @@ def check_model_fits_data(model, dataset, config: TrainConfig):
         model.train()
 
 
+def _setup_logging(main_process: bool) -> None:
+    """Our own handler: basicConfig is a no-op once an imported library has configured the root logger."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.INFO if main_process else logging.WARNING)
+
+
 def has_accelerator() -> bool:
     """True when torch sees a GPU-like device; without one accelerate only forms a process group if told cpu=True."""
     xpu = getattr(torch, "xpu", None)
@@ -81,8 +92,7 @@ def train(config: TrainConfig):
         log_with=config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
-    logging.basicConfig(level=logging.INFO if accelerator.is_local_main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    _setup_logging(accelerator.is_local_main_process)
     procs, accum = accelerator.num_processes, config.gradient_accumulation_steps
     if config.train_batch_size % (procs * accum):
         raise ValueError(f"train_batch_size={config.train_batch_size} must be divisible by processes x accumulation "
