@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import check_prediction_type, resolve_out_channels, stage_conditions
+from .control_points import ControlPoints, controlled_forward, stage_control_encode
+from .inputs import check_prediction_type, resolve_out_channels
 
 
 class DiCBlock(nn.Module):
@@ -121,11 +121,18 @@ class DiCModel(ModelMixin, ConfigMixin):
             return self._gradient_checkpointing_func(block, x, cond)
         return block(x, cond)
 
-    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
-        conds = stage_conditions(self, hidden_states, timestep, class_labels, force_drop_ids)
-        skip_stride = self.config.skip_stride
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
+                down_block_additional_residuals=None, mid_block_additional_residual=None):
+        """Encoder -> (+ ControlNet residuals on the skips and the middle output, if given) -> decoder."""
+        return controlled_forward(self, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
+                                  down_block_additional_residuals, mid_block_additional_residual)
 
+    def _encode(self, hidden_states, conds, stem_residual=None):
+        """Stem, encoder and middle; returns (skip tensors in encoder order, middle output)."""
+        skip_stride = self.config.skip_stride
         x = self.stem(hidden_states)
+        if stem_residual is not None:
+            x = x + stem_residual
         skips = []
         for level, (stage, down) in enumerate(zip(self.encoder, self.downsamplers)):
             keep = skip_sources(len(stage), skip_stride)
@@ -136,6 +143,10 @@ class DiCModel(ModelMixin, ConfigMixin):
             x = down(x)
         for block in self.middle:
             x = self._block(block, x, conds[-1])
+        return skips, x
+
+    def _decode(self, x, skips, conds):
+        skips, skip_stride = list(skips), self.config.skip_stride
         for up, stage, cond_index in zip(self.upsamplers, self.decoder, self.decoder_condition_index):
             x = up(x)
             takes_skip = skip_targets(len(stage), skip_stride)
@@ -143,7 +154,14 @@ class DiCModel(ModelMixin, ConfigMixin):
                 if j in takes_skip:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = self._block(block, x, conds[cond_index])
-        out = self.head(self.output_conv(x), conds[self.decoder_condition_index[-1]])
-        if not return_dict:
-            return (out,)
-        return Transformer2DModelOutput(sample=out)
+        return self.head(self.output_conv(x), conds[self.decoder_condition_index[-1]])
+
+    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
+    control_encode = stage_control_encode
+    control_unused_modules = ("upsamplers", "decoder", "output_conv", "head")
+
+    def control_points(self) -> ControlPoints:
+        widths = [self.config.hidden_size * m for m in self.config.mult_channels]
+        down = [(widths[level], 2**level) for level, stage in enumerate(self.encoder)
+                for _ in skip_sources(len(stage), self.config.skip_stride)]
+        return ControlPoints(widths[0], tuple(down), (widths[self.levels - 1], self.stride))

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from ..nn.channel_attention import CompactChannelAttention
@@ -18,7 +17,8 @@ from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
-from .inputs import check_prediction_type, resolve_out_channels, stage_conditions
+from .control_points import ControlPoints, controlled_forward, stage_control_encode
+from .inputs import check_prediction_type, resolve_out_channels
 
 
 class DiCoBlock(nn.Module):
@@ -102,17 +102,35 @@ class DiCoModel(ModelMixin, ConfigMixin):
                 x = block(x, cond)
         return x
 
-    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
-        c1, c2, c3 = stage_conditions(self, hidden_states, timestep, class_labels, force_drop_ids)
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
+                down_block_additional_residuals=None, mid_block_additional_residual=None):
+        """Encoder -> (+ ControlNet residuals on the skips and the middle output, if given) -> decoder."""
+        return controlled_forward(self, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
+                                  down_block_additional_residuals, mid_block_additional_residual)
 
-        enc1 = self._stage(self.encoder_1, self.stem(hidden_states), c1)
+    def _encode(self, hidden_states, conds, stem_residual=None):
+        """Stem, encoder and middle; returns ([enc1, enc2], middle output)."""
+        c1, c2, c3 = conds
+        x = self.stem(hidden_states)
+        if stem_residual is not None:
+            x = x + stem_residual
+        enc1 = self._stage(self.encoder_1, x, c1)
         enc2 = self._stage(self.encoder_2, self.down_1(enc1), c2)
-        x = self._stage(self.middle, self.down_2(enc2), c3)
+        return [enc1, enc2], self._stage(self.middle, self.down_2(enc2), c3)
+
+    def _decode(self, x, skips, conds):
+        enc1, enc2 = skips
+        c2 = conds[1]
         x = self.reduce_2(torch.cat([self.up_2(x), enc2], dim=1))
         x = self._stage(self.decoder_2, x, c2)
         x = self.reduce_1(torch.cat([self.up_1(x), enc1], dim=1))
         x = self._stage(self.decoder_1, x, c2)
-        out = self.head(x, c2)
-        if not return_dict:
-            return (out,)
-        return Transformer2DModelOutput(sample=out)
+        return self.head(x, c2)
+
+    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
+    control_encode = stage_control_encode
+    control_unused_modules = ("up_2", "reduce_2", "decoder_2", "up_1", "reduce_1", "decoder_1", "head")
+
+    def control_points(self) -> ControlPoints:
+        h = self.config.hidden_size
+        return ControlPoints(h, ((h, 1), (2 * h, 2)), (4 * h, 4))

@@ -1,0 +1,69 @@
+"""Where a ControlNet adds its residuals to a convdiff backbone (reference/distill_control.md §3.2).
+
+A controllable backbone offers three things, used by nothing but `convdiff.models.controlnet`:
+- `control_points()` -> `ControlPoints`: the channels (and downsampling factor) of the stem output, of every
+  skip tensor kept for the decoder (encoder order) and of the middle output;
+- `control_encode(hidden_states, timestep, stem_residual=None, **conditioning)` -> (skips, middle): the
+  encoder half and middle, with an optional residual added right after the stem (the ControlNet's
+  conditioning image enters there);
+- forward keywords `down_block_additional_residuals` (one per skip) and `mid_block_additional_residual`,
+  added to the skips and to the middle output before the decoder sees them (None = the plain model);
+plus the class attribute `control_unused_modules`: the decoder-half modules a ControlNet copy drops.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from .inputs import stage_conditions
+
+
+@dataclass(frozen=True)
+class ControlPoints:
+    stem_channels: int
+    down: tuple  # ((channels, downsampling factor), ...) per skip tensor, encoder order
+    mid: tuple  # (channels, downsampling factor) of the middle output
+
+
+def add_control_residuals(skips, middle, down_residuals, mid_residual, model_name: str):
+    """skips[i] + down_residuals[i] and middle + mid_residual, after checking counts and shapes."""
+    if down_residuals is None and mid_residual is None:
+        return skips, middle
+    if down_residuals is None or mid_residual is None:
+        raise ValueError(f"{model_name}: pass both down_block_additional_residuals and mid_block_additional_residual "
+                         "(a ControlNet returns both), or neither.")
+    if len(down_residuals) != len(skips):
+        raise ValueError(f"{model_name} has {len(skips)} control points on its skips but got {len(down_residuals)} "
+                         "down residuals: was the ControlNet built from a different backbone config?")
+    for i, (skip, residual) in enumerate(zip(skips, down_residuals)):
+        _check_shape(skip, residual, f"down residual {i}", model_name)
+    _check_shape(middle, mid_residual, "mid residual", model_name)
+    skips = [skip + residual.to(skip.dtype) for skip, residual in zip(skips, down_residuals)]
+    return skips, middle + mid_residual.to(middle.dtype)
+
+
+def _check_shape(target: torch.Tensor, residual: torch.Tensor, what: str, model_name: str):
+    if tuple(residual.shape) != tuple(target.shape):
+        raise ValueError(f"{model_name}: {what} has shape {tuple(residual.shape)} but the tensor it is added to has "
+                         f"{tuple(target.shape)}; the ControlNet must come from this backbone's config and see the "
+                         "same batch.")
+
+
+def controlled_forward(model, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
+                       down_block_additional_residuals, mid_block_additional_residual):
+    """The forward of a stage-conditioned hourglass (DiC, DiCo): `_encode`, the residuals, `_decode`."""
+    conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
+    skips, x = model._encode(hidden_states, conds)
+    skips, x = add_control_residuals(skips, x, down_block_additional_residuals, mid_block_additional_residual,
+                                     type(model).__name__)
+    out = model._decode(x, skips, conds)
+    if not return_dict:
+        return (out,)
+    return Transformer2DModelOutput(sample=out)
+
+
+def stage_control_encode(model, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
+    """`control_encode` of a stage-conditioned hourglass: the input checks and conditions, then `_encode`."""
+    conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
+    return model._encode(hidden_states, conds, stem_residual)
