@@ -233,3 +233,96 @@ def test_attention_runs_in_bfloat16_with_a_mask():
     q, k, v = (t.bfloat16() for t in inputs())
     out = attention(q, k, v, attn_mask=torch.randn(16, 16))
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
+
+
+# ---- relative position bias, sin-cos embedding, TMSA, windows ------------------------------------------------
+
+from convdiff.nn.position import RelativePositionBias, relative_position_index, sincos_2d_position_embedding  # noqa: E402
+from convdiff.nn.tmsa import TimeDependentSelfAttention  # noqa: E402
+from convdiff.nn.window import repeat_per_window, window_merge, window_partition  # noqa: E402
+
+
+def test_relative_position_index_by_brute_force():
+    h, w = 2, 3
+    index = relative_position_index(h, w)
+    coords = [(r, c) for r in range(h) for c in range(w)]
+    for i, (ri, ci) in enumerate(coords):
+        for j, (rj, cj) in enumerate(coords):
+            assert index[i, j] == (ri - rj + h - 1) * (2 * w - 1) + (ci - cj + w - 1)
+    assert index.max() == (2 * h - 1) * (2 * w - 1) - 1
+    bias = RelativePositionBias((h, w), num_heads=4)
+    table = bias.relative_position_bias_table
+    assert table.shape == (15, 4) and 0.005 < table.std() < 0.05
+    out = bias()
+    assert out.shape == (4, 6, 6)
+    # same offset -> same bias: tokens (0,0)->(0,1) and (1,1)->(1,2)
+    torch.testing.assert_close(out[:, 0, 1], out[:, 4, 5])
+    assert "relative_position_index" not in bias.state_dict()
+
+
+def test_sincos_2d_embedding_layout():
+    emb = sincos_2d_position_embedding(8, 2, 3)
+    assert emb.shape == (6, 8)
+    # token (row 1, col 2): first half encodes the column, second the row; [sin | cos] per axis
+    omega = 1.0 / 10000 ** (torch.arange(2, dtype=torch.float64) / 2)
+    expected = torch.cat([torch.sin(2 * omega), torch.cos(2 * omega), torch.sin(1 * omega), torch.cos(1 * omega)])
+    torch.testing.assert_close(emb[5], expected.float())
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_position_embedding(6, 2)
+
+
+def test_tmsa_is_the_paper_formula():
+    """q = x_s W_qs + x_t W_qt (same for k, v), softmax(q kᵀ/√d + B) v, heads merged, projected."""
+    dim, heads, temb_dim = 12, 3, 5
+    layer = TimeDependentSelfAttention(dim, heads, temb_dim=temb_dim, window_size=(2, 2))
+    x, t = torch.randn(2, 4, dim), torch.randn(2, temb_dim)
+    out = layer(x, t)
+    w_s, w_t = layer.qkv.weight, layer.qkv_temb.weight
+    projected = x @ w_s.T + layer.qkv.bias + (t @ w_t.T + layer.qkv_temb.bias)[:, None]
+    q, k, v = (p.view(2, 4, heads, 4).transpose(1, 2) for p in projected.chunk(3, dim=-1))
+    table = layer.position_bias.relative_position_bias_table
+    bias = torch.stack([torch.stack([table[relative_position_index(2, 2)[i, j]] for j in range(4)]) for i in range(4)])
+    heads_out = reference_attention(q, k, v, bias.permute(2, 0, 1))
+    expected = layer.proj(heads_out.transpose(1, 2).reshape(2, 4, dim))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # the time token changes the output (it enters q, k and v)
+    assert not torch.allclose(layer(x, t + 1), out)
+    with pytest.raises(ValueError, match=r"covers a \(2, 2\) window \(4 tokens\) but got 6"):
+        layer(torch.randn(2, 6, dim), t)
+    with pytest.raises(ValueError, match=r"time token of shape \(2, 5\)"):
+        layer(x, torch.randn(2, dim))
+
+
+def test_tmsa_equals_self_attention_over_tokens_plus_time_token_projection():
+    """With the bias off, TMSA is ordinary attention whose qkv projection sees [x_s ; x_t] concatenated."""
+    layer = TimeDependentSelfAttention(8, 2, temb_dim=8)
+    x, t = torch.randn(1, 5, 8), torch.randn(1, 8)
+    joint = torch.nn.Linear(16, 24)
+    with torch.no_grad():
+        joint.weight.copy_(torch.cat([layer.qkv.weight, layer.qkv_temb.weight], dim=1))
+        joint.bias.copy_(layer.qkv.bias + layer.qkv_temb.bias)
+    q, k, v = joint(torch.cat([x, t[:, None].expand(1, 5, 8)], dim=-1)).chunk(3, dim=-1)
+    torch.testing.assert_close(layer(x, t), layer.attend(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_window_partition_round_trip_and_errors():
+    x = torch.randn(2, 8, 12, 3)
+    windows = window_partition(x, 4)
+    assert windows.shape == (2 * 2 * 3, 16, 3)
+    torch.testing.assert_close(windows[1], x[0, 0:4, 4:8].reshape(16, 3))  # second window of the first image
+    assert torch.equal(window_merge(windows, 8, 12, 4), x)
+    t = torch.arange(2)
+    assert repeat_per_window(t, 8, 12, 4).tolist() == [0] * 6 + [1] * 6
+    with pytest.raises(ValueError, match=r"window size 5 does not divide the 8x12 token grid.*\(e\.g\. 1, 2, 4\)"):
+        window_partition(x, 5)
+
+
+def test_windowed_attention_equals_global_attention_with_a_window_mask():
+    layer = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 4, 6, 8)
+    local = window_merge(layer(window_partition(x, 2)), 4, 6, 2)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")
+    window_id = (rows // 2 * 3 + cols // 2).flatten()
+    same_window = window_id[:, None] == window_id[None, :]
+    global_masked = layer(x.reshape(2, 24, 8), attn_mask=same_window).reshape(2, 4, 6, 8)
+    torch.testing.assert_close(local, global_masked, atol=1e-5, rtol=1e-5)
