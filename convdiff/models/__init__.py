@@ -4,3 +4,7 @@ from .dic import DiCModel
 from .dico import DiCoModel
 
 __all__ = ["DiCModel", "DiCoModel"]
+
+from .controlnet import ControlNet, MultiControlNet  # noqa: E402
+
+__all__ += ["ControlNet", "MultiControlNet"]

@@ -7,3 +7,7 @@ from .class_conditional import ClassConditionalPipeline
 from .guidance import apply_guidance, guidance_scale_at, power_cosine_scale
 
 __all__ = ["ClassConditionalPipeline", "apply_guidance", "guidance_scale_at", "power_cosine_scale"]
+
+from .controlnet import ControlNetPipeline  # noqa: E402
+
+__all__ += ["ControlNetPipeline"]

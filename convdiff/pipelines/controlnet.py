@@ -1,0 +1,214 @@
+"""Spatially controlled sampling: a frozen convdiff backbone steered by one or more ControlNets.
+
+`ControlNetPipeline` is `ClassConditionalPipeline` (its checks, CFG, learned sigma, schedulers, callbacks,
+decoding) plus a `controlnet` component. While it samples, a forward pre-hook on the backbone runs the
+ControlNet(s) on exactly the backbone's input (already CFG-batched and scheduler-scaled) and adds their
+residuals as `down_block_additional_residuals` / `mid_block_additional_residual`, so the sampling loop is
+the class-conditional one, not a copy. Per call:
+- `image`: the conditioning image(s) in [0, 1], as PIL images, numpy arrays (H, W[, C]) / (N, H, W, C)
+  (uint8 or float) or tensors (C, H, W) / (N, C, H, W); one per sample or one for all; resized to the
+  model's grid times the ControlNet's `conditioning_downscale`; a list of those with several ControlNets;
+- `controlnet_conditioning_scale`, `control_guidance_start` / `control_guidance_end` (fractions of the
+  schedule where control is on), each a number or one per ControlNet;
+- `guess_mode`: residuals with logspace per-depth scales, given to the conditional half of the
+  guidance batch only (the unconditional half gets none), as in diffusers.
+
+Load a saved one with `ControlNetPipeline.from_pretrained(folder)`, or put a ControlNet on a base pipeline
+with `ControlNetPipeline.from_base(ClassConditionalPipeline.from_pretrained("pipelines/dic-mnist"), controlnet)`.
+"""
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+# Bound here so model_index.json entries pointing at this module resolve their loading methods.
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+
+from ..models.controlnet import MultiControlNet
+from .class_conditional import ClassConditionalPipeline
+
+
+def _as_list(value, count: int, name: str) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries for {count} ControlNet(s); give one per ControlNet or a single value.")
+    return values
+
+
+def _image_to_tensor(image, channels: int) -> torch.Tensor:
+    """One conditioning input (PIL / list of PIL / numpy / tensor) as a float (N, C, H, W) tensor, not yet resized."""
+    if isinstance(image, PIL.Image.Image):
+        image = [image]
+    if isinstance(image, (list, tuple)) and image and isinstance(image[0], PIL.Image.Image):
+        mode = {1: "L", 3: "RGB"}.get(channels)
+        if mode is None:
+            raise ValueError(f"PIL conditioning images give 1 or 3 channels, but the ControlNet takes {channels}: pass a tensor.")
+        sizes = {im.size for im in image}
+        if len(sizes) > 1:
+            raise ValueError(f"All conditioning images in a list must have one size; got {sorted(sizes)}.")
+        arrays = [np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in image]
+        return torch.from_numpy(np.stack(arrays)).reshape(len(arrays), *arrays[0].shape[:2], channels).permute(0, 3, 1, 2)
+    if isinstance(image, (list, tuple)):
+        return torch.cat([_image_to_tensor(im, channels) for im in image])
+    if isinstance(image, np.ndarray):
+        array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if array.ndim == 2:  # (H, W)
+            array = array[None, :, :, None]
+        elif array.ndim == 3:  # (H, W, C), numpy images are channel-last
+            array = array[None]
+        if array.ndim != 4:
+            raise ValueError(f"numpy conditioning images must be (H, W), (H, W, C) or (N, H, W, C); got shape {image.shape}.")
+        return torch.from_numpy(array).permute(0, 3, 1, 2)
+    if torch.is_tensor(image):
+        tensor = image[None] if image.ndim == 3 else image
+        if tensor.ndim != 4:
+            raise ValueError(f"tensor conditioning images must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+        if not tensor.is_floating_point():
+            tensor = tensor.float() / 255.0
+        return tensor.float()
+    raise ValueError(f"Conditioning images must be PIL images, numpy arrays or tensors; got {type(image).__name__}.")
+
+
+def prepare_condition_image(image, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """A validated (batch, channels, height, width) float tensor in [0, 1] (resized when the aspect ratio fits)."""
+    tensor = _image_to_tensor(image, channels)
+    if tensor.shape[1] != channels:
+        raise ValueError(f"The ControlNet takes {channels}-channel conditioning images but got {tensor.shape[1]} channels "
+                         f"(shape {tuple(tensor.shape)}); convert them (e.g. to grey for an edge map).")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"Conditioning images must lie in [0, 1] (uint8 is scaled by 1/255); got values in "
+                         f"[{low:.3g}, {high:.3g}]. Map [-1, 1] images with (x + 1) / 2.")
+    h, w = tensor.shape[-2:]
+    if abs(h * width - w * height) > 0.01 * height * width:
+        raise ValueError(f"Conditioning image of size {h}x{w} does not have the aspect ratio of the {height}x{width} "
+                         "the ControlNet expects; crop or pad it first (it is only resized, never distorted).")
+    if (h, w) != (height, width):
+        tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=(h > height), align_corners=False)
+    if tensor.shape[0] == 1 and batch > 1:
+        tensor = tensor.expand(batch, -1, -1, -1)
+    if tensor.shape[0] != batch:
+        raise ValueError(f"Got {tensor.shape[0]} conditioning images for {batch} samples; give one per sample or one for all.")
+    return tensor.clamp(0, 1)
+
+
+class ControlNetPipeline(ClassConditionalPipeline):
+    r"""Class-conditional (or unconditional) sampling with ControlNet control.
+
+    Args:
+        transformer: the frozen backbone (DiC, DiCo, ...), with the residual-injection keywords.
+        controlnet: a `ControlNet`, a list of them, or a `MultiControlNet`; each must come from this backbone.
+        scheduler, vae, id2label: as in `ClassConditionalPipeline`.
+    """
+
+    model_cpu_offload_seq = "controlnet->transformer->vae"
+
+    def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
+                 vae: ModelMixin | None = None, id2label: dict | None = None):
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNet(controlnet)
+        controlnet.check_backbone(transformer)
+        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label)
+        self.register_modules(controlnet=controlnet)
+        self._control = None
+
+    @classmethod
+    def from_base(cls, base: ClassConditionalPipeline, controlnet) -> "ControlNetPipeline":
+        """Put ControlNet(s) on a loaded base pipeline (its transformer, scheduler, vae and labels)."""
+        return cls(transformer=base.transformer, controlnet=controlnet, scheduler=base.scheduler, vae=base.vae,
+                   id2label=base.config.get("id2label"))
+
+    @property
+    def controlnets(self) -> list:
+        return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNet) else [self.controlnet]
+
+    def condition_size(self, controlnet) -> tuple[int, int]:
+        _, height, width = self._sample_shape()
+        down = controlnet.config.conditioning_downscale
+        return height * down, width * down
+
+    def prepare_control(self, image, batch, scale, start, end, guess_mode):
+        nets = self.controlnets
+        images = image if len(nets) > 1 else [image]
+        if len(nets) > 1 and (not isinstance(image, (list, tuple)) or len(image) != len(nets)):
+            raise ValueError(f"With {len(nets)} ControlNets pass a list of {len(nets)} conditioning images (one entry each).")
+        scales = [float(s) for s in _as_list(scale, len(nets), "controlnet_conditioning_scale")]
+        starts = _as_list(start, len(nets), "control_guidance_start")
+        ends = _as_list(end, len(nets), "control_guidance_end")
+        for s, e in zip(starts, ends):
+            if not 0.0 <= s < e <= 1.0:
+                raise ValueError(f"control_guidance_start/end must satisfy 0 <= start < end <= 1; got {s} and {e}.")
+        device = self._execution_device
+        prepared = []
+        for net, im in zip(nets, images):
+            if im is None:
+                raise ValueError("Pass the conditioning image(s) as `image=`.")
+            height, width = self.condition_size(net)
+            prepared.append(prepare_condition_image(im, batch, net.config.conditioning_channels, height, width)
+                            .to(device=device, dtype=net.dtype))
+        return {"images": prepared, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
+                "batch": batch, "step": 0}
+
+    def _add_control(self, module, args, kwargs):
+        """Forward pre-hook on the backbone: add the ControlNets' residuals for this very call."""
+        control = self._control
+        step, control["step"] = control["step"], control["step"] + 1
+        total = max(self._num_timesteps, 1)
+        sample, timestep = args[0], args[1]
+        labels = kwargs.get("class_labels")
+        batch = control["batch"]
+        guided = sample.shape[0] == 2 * batch  # [conditional, unconditional] halves (ClassConditionalPipeline.predict)
+        only_cond = guided and control["guess_mode"]
+        x = sample[:batch] if only_cond else sample
+        t = timestep[:batch] if only_cond and torch.is_tensor(timestep) and timestep.ndim else timestep
+        y = labels[:batch] if only_cond and labels is not None else labels
+        down, mid = None, None
+        for net, image, scale, start, end in zip(self.controlnets, control["images"], control["scales"],
+                                                 control["starts"], control["ends"]):
+            if step / total < start or (step + 1) / total > end or scale == 0:
+                continue  # outside this ControlNet's part of the schedule: the exact base prediction
+            if guided and not only_cond:
+                image = torch.cat([image, image])
+            d, m = net(x.to(net.dtype), t, image, scale, class_labels=y, guess_mode=control["guess_mode"],
+                       return_dict=False)
+            down = d if down is None else tuple(a + b for a, b in zip(down, d))
+            mid = m if mid is None else mid + m
+        if down is None:
+            return args, kwargs
+        if only_cond:  # the unconditional half gets no control
+            down = tuple(torch.cat([r, torch.zeros_like(r)]) for r in down)
+            mid = torch.cat([mid, torch.zeros_like(mid)])
+        return args, {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    @torch.no_grad()
+    def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
+                 control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
+                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float = 1.0, **kwargs):
+        r"""Generate images that follow the conditioning image(s).
+
+        Args:
+            image: conditioning image(s) in [0, 1] (see the module docstring); a list with one entry per
+                ControlNet when there are several.
+            controlnet_conditioning_scale: residual scale, one number or one per ControlNet (0 = the base model).
+            control_guidance_start, control_guidance_end: fraction of the sampling steps where control starts
+                and stops (one number or one per ControlNet).
+            guess_mode: per-depth scales logspace(-1, 0) and control on the conditional half of CFG only.
+            class_labels, batch_size, guidance_scale and the rest: as in `ClassConditionalPipeline.__call__`.
+        """
+        if isinstance(class_labels, int):
+            class_labels = [class_labels]
+        _, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
+        self._control = self.prepare_control(image, batch, controlnet_conditioning_scale, control_guidance_start,
+                                             control_guidance_end, guess_mode)
+        was_training = [net.training for net in self.controlnets]
+        for net in self.controlnets:
+            net.eval()
+        handle = self.transformer.register_forward_pre_hook(self._add_control, with_kwargs=True)
+        try:
+            return super().__call__(class_labels=class_labels, batch_size=batch_size, guidance_scale=guidance_scale,
+                                    **kwargs)
+        finally:
+            handle.remove()
+            self._control = None
+            for net, training in zip(self.controlnets, was_training):
+                net.train(training)
