@@ -109,7 +109,7 @@ def describe_model(config) -> Run:
     """Parameters, label dropout and learned sigma of the model exactly as the training loop builds it."""
     from .registry import create_model
     from .training.labels import disable_internal_label_dropout, null_class_and_dropout
-    from .training.loop import model_overrides_for
+    from .training.denoise_task import model_overrides_for
 
     model = create_model(config.model, **model_overrides_for(config))
     _, _, dropout = null_class_and_dropout(model)  # as the loop does: the model's own, unless the recipe sets one

@@ -261,3 +261,24 @@ def test_label_dropout_reads_the_models_own_rate_and_the_recipe_can_override_it(
     assert null_class_and_dropout(dit)[2] == 0.0  # hence the loop reads the rate first
     with pytest.raises(ValueError, match="needs a null class"):
         train_main([*TINY, "model_overrides.class_dropout_prob=0", "label_dropout=0.2", f"output_dir={tmp_path}"])
+
+
+def test_task_options_override_and_unknown_task(tmp_path):
+    from convdiff.training.tasks import make_task
+
+    config = load_config(None, ["task=controlnet", "task_options.base=pipelines/dic-mnist", "task_options.scale=0.5"])
+    assert config.task == "controlnet" and config.task_options == {"base": "pipelines/dic-mnist", "scale": 0.5}
+    with pytest.raises(ValueError, match="Did you mean denoise"):
+        make_task(load_config(None, ["task=denoize"]))
+
+
+def test_draws_slice_the_global_batch_per_process():
+    from convdiff.training.batches import step_generator
+    from convdiff.training.task import Draws
+
+    whole = Draws(step_generator(0, 3), 4, slice(0, 4))
+    halves = [Draws(step_generator(0, 3), 4, slice(i * 2, i * 2 + 2)) for i in range(2)]
+    a = whole.randn(3)
+    b = torch.cat([d.randn(3) for d in halves])
+    assert torch.equal(a, b)
+    assert torch.equal(whole.rand(), torch.cat([d.rand() for d in halves]))

@@ -13,6 +13,9 @@ import yaml
 
 @dataclasses.dataclass
 class TrainConfig:
+    # what to train (training/tasks.py): denoise | layered | controlnet | distill | video, with its own options
+    task: str = "denoise"
+    task_options: dict = dataclasses.field(default_factory=dict)
     # model: a registry name plus config overrides (channels, size, classes, learn_sigma, ...)
     model: str = "dic-tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
@@ -75,7 +78,7 @@ def _check_key(key: str):
 
 
 def parse_override(text: str):
-    """'key=value' or 'model_overrides.key=value'; the value is parsed as YAML (numbers, lists, null)."""
+    """'key=value', 'model_overrides.key=value' or 'task_options.key=value'; the value is parsed as YAML."""
     if "=" not in text:
         raise ValueError(f"Override {text!r} must look like key=value.")
     key, value = text.split("=", 1)
@@ -95,9 +98,9 @@ def load_config(path=None, overrides=()) -> TrainConfig:
             _check_key(key)
     for text in overrides:
         key, value = parse_override(text)
-        if key.startswith("model_overrides."):
-            values.setdefault("model_overrides", {})
-            values["model_overrides"] = dict(values["model_overrides"], **{key.split(".", 1)[1]: value})
+        group, _, name = key.partition(".")
+        if group in ("model_overrides", "task_options") and name:
+            values[group] = dict(values.get(group) or {}, **{name: value})
             continue
         _check_key(key)
         values[key] = value

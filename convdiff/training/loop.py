@@ -1,6 +1,6 @@
-"""One accelerate training loop for every registered backbone (`accelerate launch scripts/train.py`).
+"""One accelerate training loop for every task (`accelerate launch scripts/train.py`).
 
-Flat on purpose: build data and model, check they fit, then for each optimizer step run the micro steps
+Flat on purpose: the recipe's task (task.py, tasks.py) builds data and model, then for each optimizer step run the micro steps
 (gradient accumulation), update EMA, log, checkpoint atomically, and draw sample grids. The last act saves
 the whole pipeline with the EMA weights. All randomness comes from (seed, step) (see batches.py), so a run
 resumed from a checkpoint continues exactly as if it had never stopped.
@@ -8,7 +8,6 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 import shutil
 import time
@@ -21,41 +20,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..registry import create_model, model_spec
 from .batches import StreamBatchSampler, step_generator
 from .checkpoints import read_step, resolve_resume, save_checkpoint
 from .config import TrainConfig, save_config
-from .data import build_dataset
-from .labels import conditioning_kwargs, disable_internal_label_dropout, null_class_and_dropout
-from .objectives import make_objective
-from .samples import build_pipeline, save_sample_grid
+from .task import Draws
+from .tasks import make_task
 
 logger = logging.getLogger("convdiff.train")
-
-
-def check_model_fits_data(model, dataset, config: TrainConfig):
-    """Fail before any training step when the model cannot take the data."""
-    shape = dataset.sample_shape
-    channels = model.config.in_channels
-    if shape[0] != channels:
-        raise ValueError(
-            f"Model {config.model!r} takes {channels}-channel input but data {config.data!r} gives {shape[0]} channels "
-            f"of size {shape[1]}x{shape[2]}: set model_overrides.in_channels={shape[0]}."
-        )
-    num_classes, _, _ = null_class_and_dropout(model)
-    data_classes = getattr(dataset, "num_classes", 0)
-    if num_classes and data_classes > num_classes:
-        raise ValueError(f"The data has {data_classes} classes but the model only {num_classes}: "
-                         f"set model_overrides.num_classes={data_classes}.")
-    probe = torch.zeros(1, *shape)
-    labels = torch.zeros(1, dtype=torch.long) if num_classes else None
-    try:
-        with torch.no_grad():
-            model.eval()(probe, torch.zeros(1, dtype=torch.long), class_labels=labels)
-    except (ValueError, RuntimeError) as error:
-        raise ValueError(f"Model {config.model!r} does not fit data samples of shape {shape}: {error}") from error
-    finally:
-        model.train()
 
 
 def _setup_logging(main_process: bool) -> None:
@@ -75,15 +46,6 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
-def model_overrides_for(config: TrainConfig) -> dict:
-    """The recipe's overrides, plus the objective recorded as prediction_type where the model config has one."""
-    overrides = dict(config.model_overrides)
-    cls, _ = model_spec(config.model)
-    if "prediction_type" in inspect.signature(cls.__init__).parameters:
-        overrides.setdefault("prediction_type", config.objective)
-    return overrides
-
-
 def train(config: TrainConfig):
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
@@ -99,37 +61,30 @@ def train(config: TrainConfig):
                          f"steps = {procs} x {accum}.")
     micro_batch = config.train_batch_size // accum
 
-    dataset = build_dataset(config)
+    task = make_task(config)
+    dataset = task.build_dataset()
     torch.manual_seed(config.seed)  # model init
-    model = create_model(config.model, **model_overrides_for(config))
-    check_model_fits_data(model, dataset, config)
-    num_classes, null_id, dropout_prob = null_class_and_dropout(model)  # read before switching the model's own off
-    disable_internal_label_dropout(model)
-    if config.label_dropout is not None:
-        if config.label_dropout > 0 and null_id is None:
-            raise ValueError(f"label_dropout={config.label_dropout} needs a null class, and model {config.model!r} has "
-                             "none (convdiff models: class_dropout_prob > 0 in model_overrides).")
-        dropout_prob = config.label_dropout
-    pixel_space = config.data != "latents"
-    objective = make_objective(config.objective, model.config.out_channels == 2 * model.config.in_channels, pixel_space)
+    model = task.build_model(dataset)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"task {config.task!r} built a model with no trainable parameters.")
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
 
     ema = None
     if config.use_ema:
-        ema = EMAModel(model.parameters(), decay=config.ema_decay,
-                       min_decay=0.0 if config.ema_warmup else config.ema_decay,
-                       model_cls=type(model), model_config=model.config)
+        ema = EMAModel(trainable, decay=config.ema_decay, min_decay=0.0 if config.ema_warmup else config.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     # The prepared scheduler steps once per process per optimizer step (diffusers#3954), hence the factor.
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * procs,
                                  num_training_steps=config.max_train_steps * procs)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     base_model = accelerator.unwrap_model(model)
+    task.to_device(accelerator)
 
     global_step = 0
     resume_path = resolve_resume(output_dir, config.resume_from_checkpoint)
@@ -153,7 +108,6 @@ def train(config: TrainConfig):
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.dataloader_num_workers)
     batches = iter(loader)
     local = slice(accelerator.process_index * (micro_batch // procs), (accelerator.process_index + 1) * (micro_batch // procs))
-    flip_pairs = getattr(dataset, "has_flip_pairs", False)
 
     progress = tqdm(total=config.max_train_steps, initial=global_step, desc="train",
                     disable=not accelerator.is_local_main_process)
@@ -167,26 +121,12 @@ def train(config: TrainConfig):
         step_loss = 0.0
         for micro in range(accum):
             micro_step = global_step * accum + micro
-            x0, labels = next(batches)
-            g = step_generator(config.seed, micro_step)
-            # Draw for the whole global micro batch, then keep this process's slice (see batches.py).
-            if flip_pairs:
-                x0 = x0[torch.arange(len(x0)), torch.randint(0, 2, (micro_batch,), generator=g)[local]]
-            elif config.random_flip:
-                flip = torch.rand(micro_batch, generator=g)[local] < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            noise = torch.randn((micro_batch, *x0.shape[1:]), generator=g)[local]
-            t = objective.sample_timesteps(micro_batch, g)[local]
-            drop = (torch.rand(micro_batch, generator=g)[local] < dropout_prob) if null_id is not None else None
-            x0, noise = x0.to(accelerator.device), noise.to(accelerator.device)
-            x_t, model_t = objective.noisy_input(x0, noise, t)
-            cond = conditioning_kwargs(base_model, labels.to(accelerator.device) if num_classes else None,
-                                       drop.to(accelerator.device) if drop is not None else torch.zeros(len(x0), dtype=torch.bool))
+            batch = _to_device(next(batches), accelerator.device)
+            draws = Draws(step_generator(config.seed, micro_step), micro_batch, local)
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with context:
-                out = model(x_t, model_t.to(accelerator.device), **cond).sample
-                loss = objective.loss(out, x0, noise, x_t, t.to(accelerator.device)).mean()
+                loss = task.loss(model, batch, draws)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach().item() / accum
         if config.max_grad_norm is not None:
@@ -195,7 +135,7 @@ def train(config: TrainConfig):
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step(model.parameters())
+            ema.step(trainable)
         global_step += 1
         images_seen += config.train_batch_size
         progress.update(1)
@@ -212,7 +152,7 @@ def train(config: TrainConfig):
             if accelerator.is_main_process:
                 progress.write(f"saved {path}")
         if accelerator.is_main_process and config.sample_steps and global_step % config.sample_steps == 0:
-            _with_ema(ema, base_model, lambda: save_sample_grid(build_pipeline(base_model, objective, config), config,
+            _with_ema(ema, trainable, lambda: task.save_samples(task.build_pipeline(base_model),
                                                                 output_dir / "samples" / f"step-{global_step:07d}.png"))
     progress.close()
 
@@ -220,10 +160,10 @@ def train(config: TrainConfig):
     pipeline_dir = output_dir / "pipeline"
     if accelerator.is_main_process:
         def finish():
-            pipeline = build_pipeline(base_model, objective, config)
+            pipeline = task.build_pipeline(base_model)
             _save_atomically(pipeline, pipeline_dir)
-            save_sample_grid(pipeline, config, output_dir / "samples" / "final.png")
-        _with_ema(ema, base_model, finish)
+            task.save_samples(pipeline, output_dir / "samples" / "final.png")
+        _with_ema(ema, trainable, finish)
     accelerator.end_training()
     return pipeline_dir
 
@@ -234,16 +174,27 @@ def _budget_spent(accelerator, started: float, budget: float) -> bool:
     return bool(broadcast(spent, from_process=0).item())
 
 
-def _with_ema(ema, model, fn):
+def _with_ema(ema, parameters, fn):
     """Run fn with the EMA weights swapped in, and put the training weights back afterwards."""
     if ema is None:
         return fn()
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
+    ema.store(parameters)
+    ema.copy_to(parameters)
     try:
         return fn()
     finally:
-        ema.restore(model.parameters())
+        ema.restore(parameters)
+
+
+def _to_device(batch, device):
+    """Tensors of a batch (a tuple, list or dict, possibly nested) onto the device; other items as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _to_device(item, device) for key, item in batch.items()}
+    return batch
 
 
 def _save_atomically(pipeline, target: Path):
