@@ -10,6 +10,7 @@ from diffusers import DiTTransformer2DModel, UNet2DModel
 
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
+from .models.diffit import DiffiTModel
 
 
 def _dit(heads: int, head_dim: int, layers: int) -> dict:
@@ -52,12 +53,22 @@ MODELS = {
                                      layers_per_block=2, down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
                                      up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
                                      num_class_embeds=10)),  # 1.62M
+    # DiffiT latent (reference/backbones.md §4.2): XL is the released model (561.33M at 256, global TMSA with a
+    # relative position bias over the 16x16 grid; 32x32 at 512). S/B/L are not in the paper: DiT's widths/depths.
+    "diffit-s": (DiffiTModel, dict(hidden_size=384, depth=12, num_heads=6)),
+    "diffit-b": (DiffiTModel, dict(hidden_size=768, depth=12, num_heads=12)),
+    "diffit-l": (DiffiTModel, dict(hidden_size=1024, depth=24, num_heads=16)),
+    "diffit-xl": (DiffiTModel, dict(hidden_size=1152, depth=28, num_heads=16)),
+    "diffit-xl-512": (DiffiTModel, dict(hidden_size=1152, depth=28, num_heads=16, sample_size=64)),
+    "diffit-tiny": (DiffiTModel, dict(hidden_size=32, depth=2, num_heads=2, sample_size=16, num_classes=10)),
+    "diffit-mnist": (DiffiTModel, dict(hidden_size=128, depth=6, num_heads=4, **_MNIST_CONVDIFF)),  # 1.58M, 14x14 tokens
 }
 
 # Parameter counts of the official models (reference/backbones.md; DiCo counts are the training logs' exact ones).
 PAPER_PARAMS = {
     "dic-s": 32.84e6, "dic-b": 129.53e6, "dic-xl": 702.27e6, "dic-h": 1034.52e6,
     "dico-s": 33_137_672, "dico-b": 129_992_712, "dico-l": 463_897_992, "dico-xl": 701_151_368, "dico-h": 1037.4e6,
+    "diffit-xl": 561_330_144, "diffit-xl-512": 563.56e6,  # DiffiT: counted incl. the frozen pos_embed Parameter
 }
 
 

@@ -257,7 +257,7 @@ def test_relative_position_index_by_brute_force():
     assert out.shape == (4, 6, 6)
     # same offset -> same bias: tokens (0,0)->(0,1) and (1,1)->(1,2)
     torch.testing.assert_close(out[:, 0, 1], out[:, 4, 5])
-    assert "relative_position_index" not in bias.state_dict()
+    assert torch.equal(bias.state_dict()["relative_position_index"], index)
 
 
 def test_sincos_2d_embedding_layout():

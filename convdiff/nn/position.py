@@ -38,7 +38,8 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
 class RelativePositionBias(nn.Module):
     """A learned bias per head for every relative offset inside an h x w window; forward() -> (heads, N, N).
 
-    The table is trunc-normal (std 0.02) initialised; the index is recomputed, not saved.
+    The table is trunc-normal (std 0.02) initialised. The index is a saved buffer, as in the official DiffiT
+    checkpoints (so official state dicts load strictly).
     """
 
     def __init__(self, window_size, num_heads: int):
@@ -47,7 +48,7 @@ class RelativePositionBias(nn.Module):
         self.window_size = (height, width)
         self.num_heads = num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * height - 1) * (2 * width - 1), num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(height, width), persistent=False)
+        self.register_buffer("relative_position_index", relative_position_index(height, width))
         self.init_weights()
 
     @property
