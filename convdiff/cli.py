@@ -14,6 +14,7 @@ COMMANDS = {
     "convert": ("convdiff.convert", "convert_main", "convert an official DiC / DiCo .pt checkpoint into a convdiff folder"),
     "bench": ("convdiff.bench", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
+    "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
     "mnist-demo": ("convdiff.demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
 }
 

@@ -8,6 +8,7 @@ import difflib
 
 from diffusers import DiTTransformer2DModel, UNet2DModel
 
+from .distill.digits_unet import LabelConditionedUNet
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
 from .models.diffit import DiffiTModel
@@ -62,6 +63,9 @@ MODELS = {
     "diffit-xl-512": (DiffiTModel, dict(hidden_size=1152, depth=28, num_heads=16, sample_size=64)),
     "diffit-tiny": (DiffiTModel, dict(hidden_size=32, depth=2, num_heads=2, sample_size=16, num_classes=10)),
     "diffit-mnist": (DiffiTModel, dict(hidden_size=128, depth=6, num_heads=4, **_MNIST_CONVDIFF)),  # 1.58M, 14x14 tokens
+    # A tiny SD-style UNet2DConditionModel (self- + cross-attention, label tokens as context): the attention teacher
+    # of the ΔConvFusion MNIST demo (docs/convfusion.md). Self-attention at 14x14 and in the 7x7 middle block.
+    "sd-unet-mnist": (LabelConditionedUNet, dict(attention_levels=[False, True, False])),
 }
 
 # Parameter counts of the official models (reference/backbones.md; DiCo counts are the training logs' exact ones).
