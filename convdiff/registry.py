@@ -12,6 +12,7 @@ from .distill.digits_unet import LabelConditionedUNet
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
 from .models.diffit import DiffiTModel
+from .models.layered_unet import LayeredUNetModel
 
 
 def _dit(heads: int, head_dim: int, layers: int) -> dict:
@@ -54,6 +55,14 @@ MODELS = {
                                      layers_per_block=2, down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
                                      up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
                                      num_class_embeds=10)),  # 1.62M
+    # Layered U-Net (reference/distill_control.md §4): a head in and out at every scale; set cross_attention_dim
+    # to the text encoder's width for text conditioning. MNIST: 1x32x32 (padded digits), scales 32/16/8.
+    "layered-unet-tiny": (LayeredUNetModel, dict(sample_size=16, in_channels=3, num_scales=2, block_out_channels=[16, 32],
+                                                 layers_per_block=1, attention_resolutions=[8], attention_head_dim=8,
+                                                 norm_num_groups=8, num_classes=10)),
+    "layered-unet-mnist": (LayeredUNetModel, dict(sample_size=32, in_channels=1, num_scales=3, block_out_channels=[32, 64, 64],
+                                                  layers_per_block=1, attention_resolutions=[8], attention_head_dim=32,
+                                                  norm_num_groups=8, num_classes=10)),
     # DiffiT latent (reference/backbones.md §4.2): XL is the released model (561.33M at 256, global TMSA with a
     # relative position bias over the 16x16 grid; 32x32 at 512). S/B/L are not in the paper: DiT's widths/depths.
     "diffit-s": (DiffiTModel, dict(hidden_size=384, depth=12, num_heads=6)),

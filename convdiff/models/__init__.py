@@ -8,3 +8,7 @@ __all__ = ["DiCModel", "DiCoModel"]
 from .controlnet import ControlNet, MultiControlNet  # noqa: E402
 
 __all__ += ["ControlNet", "MultiControlNet"]
+
+from .layered_unet import LayeredUNetModel  # noqa: E402
+
+__all__ += ["LayeredUNetModel"]

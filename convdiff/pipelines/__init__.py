@@ -11,3 +11,8 @@ __all__ = ["ClassConditionalPipeline", "apply_guidance", "guidance_scale_at", "p
 from .controlnet import ControlNetPipeline  # noqa: E402
 
 __all__ += ["ControlNetPipeline"]
+
+from .layered import LayeredTextToImagePipeline  # noqa: E402
+from .layered_scheduler import LayeredScheduler  # noqa: E402
+
+__all__ += ["LayeredTextToImagePipeline", "LayeredScheduler"]
