@@ -155,3 +155,86 @@ def test_diffit_block_attention_names_for_module_swaps():
     assert names == ["blocks.0.attn", "blocks.1.attn"]
     assert isinstance(model.blocks[0], DiffiTBlock)
     assert {n for n, _ in model.blocks[0].attn.named_children()} == {"qkv", "qkv_temb", "proj", "position_bias"}
+
+
+# ---- official checkpoint converter ------------------------------------------------------------------------
+
+def official_layout(depth=2, hidden=32, heads=2, grid=4, patch=2, in_channels=4, classes=10, seed=0, index=True):
+    """A state dict under the official DiffiT key names (reference/backbones.md §4.6), shapes by hand."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "x_embedder.proj.weight": (hidden, in_channels, patch, patch), "x_embedder.proj.bias": (hidden,),
+        "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
+        "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
+        "y_embedder.embedding_table.weight": (classes + 1, hidden),
+        "pos_embed": (1, grid * grid, hidden),
+        "final_layer.linear.weight": (patch * patch * 2 * in_channels, hidden),
+        "final_layer.linear.bias": (patch * patch * 2 * in_channels,),
+    }
+    for n in range(depth):
+        shapes.update({
+            f"blocks.{n}.attn.qkv.weight": (3 * hidden, hidden), f"blocks.{n}.attn.qkv.bias": (3 * hidden,),
+            f"blocks.{n}.attn.qkv_temb.weight": (3 * hidden, hidden), f"blocks.{n}.attn.qkv_temb.bias": (3 * hidden,),
+            f"blocks.{n}.attn.proj.weight": (hidden, hidden), f"blocks.{n}.attn.proj.bias": (hidden,),
+            f"blocks.{n}.attn.relative_position_bias_table": ((2 * grid - 1) ** 2, heads),
+            f"blocks.{n}.mlp.fc1.weight": (4 * hidden, hidden), f"blocks.{n}.mlp.fc1.bias": (4 * hidden,),
+            f"blocks.{n}.mlp.fc2.weight": (hidden, 4 * hidden), f"blocks.{n}.mlp.fc2.bias": (hidden,),
+        })
+    state = {k: torch.randn(s, generator=g) * 0.05 for k, s in shapes.items()}
+    if index:
+        for n in range(depth):  # Swin index, written out independently of our helper
+            coords = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")).flatten(1)
+            rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (grid - 1)
+            state[f"blocks.{n}.attn.relative_position_index"] = rel[..., 0] * (2 * grid - 1) + rel[..., 1]
+    return state
+
+
+def test_converter_loads_the_official_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    from convdiff.convert import convert_official_checkpoint, convert_official_to_folder, to_official_state_dict
+
+    official = official_layout()
+    model = convert_official_checkpoint(official, "diffit-tiny", sample_size=8)
+    assert isinstance(model, DiffiTModel)
+    torch.testing.assert_close(model.blocks[1].attn.position_bias.relative_position_bias_table,
+                               official["blocks.1.attn.relative_position_bias_table"])
+    torch.testing.assert_close(model.blocks[0].attn.qkv_temb.weight, official["blocks.0.attn.qkv_temb.weight"])
+    back = to_official_state_dict(model)
+    assert set(back) == set(official) and all(torch.equal(back[k], official[k].to(back[k].dtype)) for k in official)
+    # a file without the index buffers converts too (they are recomputed), through the CLI folder writer
+    save_file({k: v.contiguous() for k, v in official_layout(index=False).items()}, tmp_path / "diffit.safetensors")
+    out = convert_official_to_folder(tmp_path / "diffit.safetensors", tmp_path / "folder", model="diffit-tiny",
+                                     sample_size=8)
+    loaded = DiffiTModel.from_pretrained(out)
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([1])
+    torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample, atol=1e-6, rtol=0)
+
+
+def test_converter_cli(tmp_path):
+    from safetensors.torch import save_file
+
+    from convdiff.cli import main
+
+    save_file({k: v.contiguous() for k, v in official_layout().items()}, tmp_path / "diffit.safetensors")
+    assert main(["convert", "--checkpoint", str(tmp_path / "diffit.safetensors"), "--model", "diffit-tiny",
+                 "--sample-size", "8", "--output", str(tmp_path / "out")]) == 0
+    assert DiffiTModel.from_pretrained(tmp_path / "out").config.sample_size == 8
+
+
+def test_converter_errors_are_clear():
+    from convdiff.convert import convert_official_checkpoint
+
+    official = official_layout()
+    with pytest.raises(ValueError, match=r"(?s)does not fit diffit-xl.*shape mismatch.*fits 'diffit-tiny'"):
+        convert_official_checkpoint(official, "diffit-xl")
+    missing = dict(official)
+    del missing["blocks.1.attn.qkv_temb.weight"]
+    with pytest.raises(ValueError, match=r"1 missing key.*blocks\.1\.attn\.qkv_temb\.weight"):
+        convert_official_checkpoint(missing, "diffit-tiny", sample_size=8)
+    extra = dict(official, **{"blocks.0.attn.q_norm.weight": torch.ones(16)})
+    with pytest.raises(ValueError, match=r"1 unexpected key.*blocks\.0\.attn\.q_norm\.weight"):
+        convert_official_checkpoint(extra, "diffit-tiny", sample_size=8)
+    bad_index = dict(official, **{"blocks.0.attn.relative_position_index": torch.zeros(16, 16, dtype=torch.long)})
+    with pytest.raises(ValueError, match="not the Swin relative position index"):
+        convert_official_checkpoint(bad_index, "diffit-tiny", sample_size=8)

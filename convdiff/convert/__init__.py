@@ -7,6 +7,7 @@
 CLI: `convdiff convert --checkpoint X.pt --model dico-xl --output DIR` or `python -m convdiff.convert ...`.
 """
 
+from . import diffit  # noqa: F401  (registers the DiffiT family with the converter)
 from .official import (
     KEY_MAPS,
     convert_main,

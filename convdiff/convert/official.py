@@ -127,6 +127,9 @@ FAMILY_NAMES = {"dic": "DiC (YuchuanTian/DiC)", "dico": "DiCo (shallowdream204/D
 # A key that only one official code base has: tells which family a checkpoint comes from.
 _FAMILY_SIGNATURES = {"dic": re.compile(r"^(t_embedder_ls|enc_blocks|lat_blocks|dec_blocks)\."),
                       "dico": re.compile(r"^(t_embedder_[123]|encoder_level_[12]|latent|decoder_level_[12])\.")}
+# Hooks for families whose converter lives in its own module and registers itself (convert/diffit.py):
+STATE_DICT_PREPARERS = {}  # family -> fn(official state dict) -> the same dict, checked and completed
+CONFIG_INFERERS = {}  # family -> fn(official state dict) -> config hints for error messages
 
 
 def family_of(model_or_class) -> str:
@@ -319,6 +322,8 @@ def _build_meta(cls, config):
 
 def infer_official_config(state_dict: Mapping, family: str) -> dict:
     """Best-effort config read off the official key names and shapes (used only for error hints)."""
+    if family in CONFIG_INFERERS:
+        return CONFIG_INFERERS[family](state_dict)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     stem = shapes.get("x_embedder.proj.weight")
     head = shapes.get("final_layer.out_proj.weight")
@@ -444,6 +449,7 @@ def convert_official_checkpoint(checkpoint, model_name_or_config="dico-xl", use_
         checkpoint = load_official_checkpoint(checkpoint, allow_pickle=allow_pickle)
     _, state_dict = select_state_dict(checkpoint, use_ema=use_ema)
     official = strip_prefixes(state_dict)
+    official = STATE_DICT_PREPARERS.get(family, dict)(official)
 
     model = _build_meta(cls, config)
     expected = official_shapes(model)
