@@ -16,6 +16,7 @@ COMMANDS = {
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
     "mnist-demo": ("convdiff.demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
+    "controlnet-demo": ("convdiff.controlnet_demo", "controlnet_demo_main", "edge-map ControlNet on the shipped MNIST model: train, measure adherence, grid"),
 }
 
 

@@ -1,0 +1,121 @@
+"""Train a ControlNet on a frozen base pipeline (`task: controlnet`), diffusers' train_controlnet recipe
+(reference/distill_control.md §3.4) on our loop.
+
+The base model comes from a pipeline folder (`task_options.base`, e.g. pipelines/dic-mnist), is frozen and
+cast to the weight dtype of mixed precision; the ControlNet (`ControlNet.from_backbone`, or a saved one from
+`task_options.controlnet`) is what the loop optimises, in fp32. Each micro batch: targets x0 in [-1, 1], the
+conditioning image computed from them in [0, 1] (an edge map: `task_options.condition` = canny | sobel),
+a `task_options.empty_condition_prob` share of conditioning images blanked (diffusers'
+proportion_empty_prompts, for guess mode / weak conditions), label dropout as in the denoise task, then the
+base model's own objective on its output with the ControlNet residuals added.
+
+Options (task_options): base (required), controlnet (start from a saved ControlNet), condition ("canny"),
+condition_options ({} = the detector's defaults), empty_condition_prob (0.0), conditioning_embedding_channels
+([16, 32]), preview_count (10 conditions in the sample grid).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.edges import EDGE_DETECTORS, edge_map
+from ..models.controlnet import ControlNet
+from ..pipelines.class_conditional import ClassConditionalPipeline, model_parameterisation
+from ..pipelines.controlnet import ControlNetPipeline
+from ..pipelines.schedulers import make_scheduler
+from .denoise_task import DenoiseTask, check_model_fits_data
+from .labels import conditioning_kwargs
+from .objectives import make_objective
+from .samples import make_grid
+from .task import Draws
+
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ControlNetTask(DenoiseTask):
+    name = "controlnet"
+
+    def build_model(self, dataset):
+        config = self.config
+        base_path = self.option("base", required=True)
+        self.condition_name = self.option("condition", "canny")
+        if self.condition_name not in EDGE_DETECTORS:
+            raise ValueError(f"task_options.condition must be one of {', '.join(EDGE_DETECTORS)}; got {self.condition_name!r}.")
+        self.condition_options = dict(self.option("condition_options", {}) or {})
+        self.empty_prob = float(self.option("empty_condition_prob", 0.0))
+        if not 0.0 <= self.empty_prob <= 1.0:
+            raise ValueError(f"task_options.empty_condition_prob must lie in [0, 1]; got {self.empty_prob}.")
+
+        self.base_pipeline = ClassConditionalPipeline.from_pretrained(base_path)
+        self.base = self.base_pipeline.transformer.requires_grad_(False).eval()
+        check_model_fits_data(self.base, dataset, config)
+        self.base.eval()  # the check leaves it in train mode; the frozen base always runs in eval mode
+        self.setup_conditioning(self.base)
+        self.flip_pairs = getattr(dataset, "has_flip_pairs", False)
+        kind = model_parameterisation(self.base.config) or config.objective
+        learned_sigma = self.base.config.out_channels == 2 * self.base.config.in_channels
+        self.objective = make_objective(kind, learned_sigma, config.data != "latents")
+
+        channels = dataset.sample_shape[0]
+        if self.option("controlnet"):
+            controlnet = ControlNet.from_pretrained(self.option("controlnet"))
+        else:
+            controlnet = ControlNet.from_backbone(
+                self.base, conditioning_channels=channels,
+                conditioning_embedding_channels=self.option("conditioning_embedding_channels", [16, 32]))
+        controlnet.check_backbone(self.base)
+        picks = np.linspace(0, len(dataset) - 1, int(self.option("preview_count", 10))).round().astype(int)
+        self.preview = [dataset[int(i)] for i in picks]
+        return controlnet.float().train()
+
+    def to_device(self, accelerator) -> None:
+        self.base.to(accelerator.device, dtype=WEIGHT_DTYPES[accelerator.mixed_precision])
+
+    def condition(self, x0: torch.Tensor) -> torch.Tensor:
+        """The conditioning image of targets in [-1, 1]: their edge map, in [0, 1]."""
+        return edge_map((x0.float() + 1) / 2, self.condition_name, **self.condition_options)
+
+    def loss(self, model, batch, draws: Draws):
+        x0, labels = batch
+        x0 = self.augment(x0, draws)
+        noise = draws.randn(*x0.shape[1:])
+        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator))
+        drop = self.label_drop(draws, len(x0))
+        empty = draws.rand() < self.empty_prob
+        device, dtype = x0.device, self.base.dtype
+        noise, t = noise.to(device), t.to(device)
+        x_t, model_t = self.objective.noisy_input(x0, noise, t)
+        image = self.condition(x0)
+        image = torch.where(empty.to(device)[:, None, None, None], torch.zeros_like(image), image)
+        cond = conditioning_kwargs(self.base, labels if self.num_classes else None, drop.to(device))
+        down, mid = model(x_t, model_t.to(device), image, return_dict=False, **cond)
+        out = self.base(x_t.to(dtype), model_t.to(device), down_block_additional_residuals=[d.to(dtype) for d in down],
+                        mid_block_additional_residual=mid.to(dtype), **cond).sample
+        return self.objective.loss(out, x0, noise, x_t, t).mean()
+
+    def build_pipeline(self, model):
+        base = self.base_pipeline
+        return ControlNetPipeline(transformer=self.base, controlnet=model, scheduler=base.scheduler, vae=base.vae,
+                                  id2label=base.config.get("id2label"))
+
+    def save_samples(self, pipeline, path) -> None:
+        """Pairs (condition | controlled sample) for preview digits of the data, side by side."""
+        x0 = torch.stack([item[0] for item in self.preview])
+        labels = [int(item[1]) for item in self.preview] if self.num_classes else None
+        image = self.condition(x0)
+        scheduler = pipeline.scheduler
+        pipeline.scheduler = make_scheduler(self.config.sample_scheduler, scheduler)
+        pipeline.set_progress_bar_config(disable=True)
+        try:
+            samples = pipeline(image, class_labels=labels, batch_size=None if labels else len(x0),
+                               num_inference_steps=self.config.sample_num_inference_steps,
+                               guidance_scale=self.config.sample_guidance_scale,
+                               generator=torch.Generator().manual_seed(self.config.seed), output_type="np").images
+        finally:
+            pipeline.scheduler = scheduler
+        conditions = image.mean(1, keepdim=True).expand(-1, samples.shape[-1], -1, -1).permute(0, 2, 3, 1).cpu().numpy()
+        pairs = np.stack([conditions, samples], axis=1).reshape(-1, *samples.shape[1:])
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_grid(pairs, columns=4).save(path)
