@@ -9,8 +9,10 @@ from convdiff.models.video import InflatedFourDModel, InflatedVideoModel, inflat
 from convdiff.registry import create_model
 
 BACKBONES = {
-    "dic": lambda: create_model("dic-tiny", in_channels=3, sample_size=8),
-    "dico": lambda: create_model("dico-tiny", in_channels=3, sample_size=8),
+    "dic": lambda: create_model("dic-tiny", in_channels=3, sample_size=8, hidden_size=16),
+    "dico": lambda: create_model("dico-tiny", in_channels=3, sample_size=8, hidden_size=16),
+    "diffit-windows": lambda: create_model("diffit-tiny", in_channels=3, sample_size=8, window_size=2),
+    "layered-unet": lambda: create_model("layered-unet-tiny", sample_size=8, num_scales=1),
 }
 DESIGNS_4D = {
     "attention": dict(temporal=("p3d", "attention")),
@@ -25,11 +27,12 @@ def image_model(name):
     return randomize_(BACKBONES[name]()).eval()
 
 
-def per_frame_reference(model, grid, timestep, labels):
+def per_frame_reference(model, grid, timestep, labels, **kwargs):
     """The 2D model applied to every frame of a (B, C, V, T, H, W) grid."""
     b, c, v, t, h, w = grid.shape
     frames = grid.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, h, w)
-    out = model(frames, timestep.repeat_interleave(v * t), labels.repeat_interleave(v * t)).sample
+    kwargs = {k: x.repeat_interleave(v * t, dim=0) for k, x in kwargs.items()}
+    out = model(frames, timestep.repeat_interleave(v * t), class_labels=labels.repeat_interleave(v * t), **kwargs).sample
     return out.reshape(b, v, t, -1, h, w).permute(0, 3, 1, 2, 4, 5)
 
 
@@ -37,6 +40,13 @@ def call(model, x, t, y, **kwargs):
     if isinstance(model, InflatedFourDModel) and model.config.camera_dim:
         kwargs.setdefault("cameras", torch.randn(x.shape[0], x.shape[2], model.config.camera_dim))
     return model(x, t, y, **kwargs).sample
+
+
+def randomize_new_layers(model, seed=0):
+    """Give the inserted layers random weights, as training would."""
+    modules = dict(model.named_modules())
+    owners = {n.rpartition(".")[0] for n in model.new_parameter_names()}
+    return randomize_(torch.nn.ModuleList([modules[n] for n in sorted(owners)]), seed=seed, std=0.2)
 
 
 T_STEPS, LABELS = torch.tensor([10, 700]), torch.tensor([3, 7])
@@ -51,9 +61,7 @@ def test_video_model_equals_image_model_per_frame_at_init(backbone, temporal):
     with torch.no_grad():
         expected = per_frame_reference(model, x[:, :, None], T_STEPS, LABELS)[:, :, 0]
         assert torch.allclose(video(x, T_STEPS, LABELS).sample, expected, atol=1e-5)
-        # trained temporal layers make frames depend on each other
-        randomize_(torch.nn.ModuleList([dict(video.named_modules())[n.rpartition(".")[0]]
-                                        for n in video.new_parameter_names()]), std=0.2)
+        randomize_new_layers(video)  # trained temporal layers make frames depend on each other
         assert not torch.allclose(video(x, T_STEPS, LABELS).sample, expected, atol=1e-3)
 
 
@@ -69,6 +77,23 @@ def test_4d_model_equals_image_model_per_frame_at_init(backbone, design):
         for degenerate in (x[:, :, :1], x[:, :, :, :1]):  # V=1 plain video, T=1 multi-view images
             assert torch.allclose(call(fourd, degenerate, T_STEPS, LABELS),
                                   per_frame_reference(model, degenerate, T_STEPS, LABELS), atol=1e-5)
+
+
+def test_multi_scale_text_conditioned_backbone_is_inflated_scale_by_scale():
+    model = randomize_(create_model("layered-unet-tiny", sample_size=8, cross_attention_dim=16)).eval()
+    fourd = inflate(model, to="4d", view="fused").eval()
+    grids = [torch.randn(2, 3, 2, 2, 8, 8), torch.randn(2, 3, 2, 2, 4, 4)]
+    text = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        out = fourd(grids, T_STEPS, LABELS, encoder_hidden_states=text)
+        frames = [g.permute(0, 2, 3, 1, 4, 5).flatten(0, 2) for g in grids]
+        expected = model(frames, T_STEPS.repeat_interleave(4), text.repeat_interleave(4, 0),
+                         class_labels=LABELS.repeat_interleave(4)).scales
+    assert len(out.scales) == 2 and torch.equal(out.sample, out.scales[0])
+    for got, want in zip(out.scales, expected):
+        assert torch.allclose(got, want.unflatten(0, (2, 2, 2)).permute(0, 3, 1, 2, 4, 5), atol=1e-5)
+    with pytest.raises(ValueError, match="backbone with 2 scales"):
+        fourd(grids[0], T_STEPS, LABELS, encoder_hidden_states=text)
 
 
 def test_single_view_4d_ignores_view_layers_and_matches_its_video_model():

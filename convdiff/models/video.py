@@ -24,13 +24,15 @@ A degenerate grid is fine: V=1 is plain video (view layers skip), T=1 is a set o
 
 import importlib
 import inspect
+from dataclasses import dataclass
 from itertools import chain
 
 import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding as DiffusersTimestepEmbedding
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.utils import BaseOutput
+from einops import rearrange
 from torch import nn
 
 from ..nn.camera import FrameConditionEmbedding
@@ -58,6 +60,15 @@ MIRRORED_CONFIG = ("sample_size", "in_channels", "out_channels", "learn_sigma", 
 SYNC_EMBED_DIM = 128
 
 
+@dataclass
+class InflatedModelOutput(BaseOutput):
+    """`sample`: the prediction, laid out like the input; `scales`: every scale's prediction (top first) for a
+    multi-scale backbone (the layered U-Net), else None."""
+
+    sample: torch.Tensor
+    scales: list | None = None
+
+
 class SpatioTemporalBlock(nn.Module):
     """A 2D block followed by residual layers that mix its output across frames and views."""
 
@@ -78,6 +89,11 @@ class SpatioTemporalBlock(nn.Module):
     def mix(self, hidden: torch.Tensor) -> torch.Tensor:
         is_map = hidden.dim() == 4  # (N, C, H, W) maps or (N, S, C) tokens
         tokens = maps_to_tokens(hidden) if is_map else hidden
+        frames, windows = self.context.frames_in_batch(), 1
+        if frames and tokens.shape[0] != frames and tokens.shape[0] % frames == 0:
+            # a windowed block (DiffiT) ran on (frames * windows, window tokens, C): gather each frame's windows
+            windows = tokens.shape[0] // frames
+            tokens = rearrange(tokens, "(n k) s c -> n (k s) c", k=windows)
         for layer in self.temporal:
             tokens = along_time(tokens, self.context, layer)
         if len(self.view):
@@ -87,6 +103,8 @@ class SpatioTemporalBlock(nn.Module):
         if self.sync is not None and self.context.two_stream:
             view_stream, time_stream = tokens.chunk(2)
             tokens = torch.cat(self.sync(view_stream, time_stream, self.context.sync_condition))
+        if windows > 1:
+            tokens = rearrange(tokens, "n (k s) c -> (n k) s c", k=windows)
         return tokens_to_maps(tokens, hidden.shape[2]) if is_map else tokens
 
 
@@ -127,27 +145,43 @@ def resolve_base_class(path: str) -> type:
     return cls
 
 
-def call_backbone(base: nn.Module, frames, timesteps, class_labels=None, force_drop_ids=None, **kwargs) -> torch.Tensor:
-    """base(frames, t, class_labels, ...) -> the (N, C_out, H, W) prediction, for any convdiff 2D backbone."""
+def call_backbone(base: nn.Module, frames, timesteps, class_labels=None, force_drop_ids=None, **kwargs) -> list:
+    """base(frames, t, class_labels, ...) -> [(N, C_out, H, W) prediction] for any convdiff 2D backbone; one per
+    scale, top first, for a multi-scale one (frames is then a list too)."""
     params = inspect.signature(base.forward).parameters
     if class_labels is not None or "class_labels" in params:
         kwargs["class_labels"] = class_labels
     if force_drop_ids is not None and "force_drop_ids" in params:
         kwargs["force_drop_ids"] = force_drop_ids
     out = base(frames, timesteps, return_dict=False, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(out, (tuple, list)) and len(out) > 1 and isinstance(out[1], (tuple, list)):
+        return list(out[1])  # (top, [every scale])
+    return [out[0] if isinstance(out, (tuple, list)) else out]
+
+
+def backbone_scales(base: nn.Module) -> list | None:
+    """The input resolutions of a multi-scale backbone (top first), None for a single-input one."""
+    sizes = getattr(base, "scale_sizes", None)
+    return list(sizes) if sizes is not None and len(sizes) > 1 else None
 
 
 def _dummy_call(base: nn.Module) -> None:
     """One batch-1 forward at the smallest size the backbone accepts (its stride, else its sample size)."""
     config = base.config
     param = next(base.parameters())
+    like = dict(device=param.device, dtype=param.dtype)
     labels = torch.zeros(1, dtype=torch.long, device=param.device) if config.get("num_classes") else None
+    extra = {}
+    if config.get("cross_attention_dim"):
+        extra["encoder_hidden_states"] = torch.zeros(1, 1, config["cross_attention_dim"], **like)
     sizes = [s for s in (getattr(base, "stride", None), config.get("sample_size")) if isinstance(s, int)]
+    scales = backbone_scales(base)
     for i, size in enumerate(sizes or [32]):
-        x = torch.zeros(1, config["in_channels"], size, size, device=param.device, dtype=param.dtype)
+        x = torch.zeros(1, config["in_channels"], size, size, **like)
+        if scales:
+            x = [torch.zeros(1, config["in_channels"], s, s, **like) for s in scales]
         try:
-            call_backbone(base, x, torch.zeros(1, dtype=torch.long, device=param.device), labels)
+            call_backbone(base, x, torch.zeros(1, dtype=torch.long, device=param.device), labels, **extra)
             return
         except (ValueError, RuntimeError):
             if i == len(sizes) - 1:
@@ -220,6 +254,7 @@ class _InflatedModel(ModelMixin, ConfigMixin):
         self.context = GridContext()
         self.two_stream = view == "two-stream"
         names_2d = {id(t): n for n, t in chain(base.named_parameters(), base.named_buffers())}
+        fixed_in_2d = {id(p) for p in base.parameters() if not p.requires_grad}  # e.g. DiffiT's pos_embed
 
         if camera_dim or time_conditioning:
             for name, width in plan["timestep_embedders"]:
@@ -252,14 +287,16 @@ class _InflatedModel(ModelMixin, ConfigMixin):
         # inflated parameter name -> its name in the 2D model (wrapping moved them, the tensors are the same)
         self.spatial_names = {f"base.{n}": names_2d[id(t)]
                               for n, t in chain(base.named_parameters(), base.named_buffers()) if id(t) in names_2d}
+        self.fixed_names = {f"base.{n}" for n, p in base.named_parameters() if id(p) in fixed_in_2d}
         self.freeze_spatial_layers(freeze_spatial)
 
     # --- weights -------------------------------------------------------------------------------------------------
 
     def freeze_spatial_layers(self, freeze: bool = True) -> None:
-        """Freeze (or unfreeze) the 2D backbone's weights; the inserted video layers stay trainable."""
+        """Freeze (or unfreeze) the 2D backbone's weights; the inserted video layers stay trainable. Parameters
+        the 2D model itself never trains (DiffiT's fixed position embedding) stay frozen."""
         for name, p in self.named_parameters():
-            p.requires_grad_(not (freeze and name in self.spatial_names))
+            p.requires_grad_(name not in self.fixed_names and not (freeze and name in self.spatial_names))
 
     def new_parameter_names(self) -> list:
         """Names of the parameters inflation added (temporal, view, sync, camera / time layers)."""
@@ -336,13 +373,37 @@ class _InflatedModel(ModelMixin, ConfigMixin):
                              f"{camera_dim}), got {tuple(cameras.shape)}.")
         return cameras[:, :, None, :].expand(-1, -1, grid.frames, -1).reshape(-1, camera_dim)
 
-    def _run(self, grid_input, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs):
-        batch, channels, views, frames = grid_input.shape[:4]
+    def _inputs(self, hidden_states, dims: int, what: str, fix: str) -> list:
+        """The input as a list of tensors (one per scale, top first, for a multi-scale backbone), checked."""
+        inputs = list(hidden_states) if isinstance(hidden_states, (list, tuple)) else [hidden_states]
+        scales = backbone_scales(self.base)
+        for x in inputs:
+            if not torch.is_tensor(x) or x.dim() != dims:
+                shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+                raise ValueError(f"{type(self).__name__} expects {what}, got {shape}; {fix}.")
+        if scales and len(inputs) != len(scales):
+            raise ValueError(f"{type(self).__name__} wraps a backbone with {len(scales)} scales {scales}: pass a "
+                             f"list of {len(scales)} inputs, top first.")
+        return inputs
+
+    def _output(self, outputs: list, return_dict: bool):
+        scales = outputs if len(outputs) > 1 else None
+        if not return_dict:
+            return (outputs[0],) if scales is None else (outputs[0], scales)
+        return InflatedModelOutput(sample=outputs[0], scales=scales)
+
+    def _run(self, grid_inputs: list, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs):
+        """(B, C, V, T, H, W) grids (one per scale) -> the backbone's per-frame predictions as grids."""
+        batch, channels, views, frames = grid_inputs[0].shape[:4]
         grid = Grid(batch, views, frames)
         self._check_grid(grid)
-        if channels != self.config.in_channels:
-            raise ValueError(f"{type(self).__name__} expects {self.config.in_channels} channels, got {channels}.")
-        device, per_video = grid_input.device, views * frames
+        for x in grid_inputs:
+            if x.shape[1] != self.config.in_channels:
+                raise ValueError(f"{type(self).__name__} expects {self.config.in_channels} channels, got {x.shape[1]}.")
+            if tuple(x.shape[:4]) != (batch, channels, views, frames):
+                raise ValueError(f"every scale needs the same (batch, channels, views, frames); got "
+                                 f"{tuple(x.shape[:4])} and {(batch, channels, views, frames)}.")
+        device, per_video = grid_inputs[0].device, views * frames
         timesteps = broadcast_timesteps(timestep, batch, device)
         labels = None
         if class_labels is not None:
@@ -367,12 +428,12 @@ class _InflatedModel(ModelMixin, ConfigMixin):
         self.context.sync_condition = self.sync_embedding(frame_timesteps) if self.two_stream else None
         extra = {k: per_frame(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch else v
                  for k, v in base_kwargs.items()}
-        frames_in = grid_to_frames(grid_input).repeat(streams, 1, 1, 1)
-        out = call_backbone(self.base, frames_in, frame_timesteps.repeat(streams), per_frame(labels),
-                            per_frame(force_drop_ids), **extra)
+        frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
+        outputs = call_backbone(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
+                                frame_timesteps.repeat(streams), per_frame(labels), per_frame(force_drop_ids), **extra)
         if self.two_stream:  # average the view stream's and the time stream's predictions
-            out = out.unflatten(0, (2, -1)).mean(0)
-        return frames_to_grid(out, grid)
+            outputs = [out.unflatten(0, (2, -1)).mean(0) for out in outputs]
+        return [frames_to_grid(out, grid) for out in outputs]
 
 
 class InflatedVideoModel(_InflatedModel):
@@ -402,17 +463,14 @@ class InflatedVideoModel(_InflatedModel):
 
     def forward(self, hidden_states, timestep, class_labels=None, timestamps=None, force_drop_ids=None,
                 return_dict: bool = True, **base_kwargs):
-        """hidden_states (B, C, F, H, W); timestep scalar or (B,); class_labels (B,); timestamps (B, F) or None
-        (frame indices). Extra keyword tensors with a leading batch axis (e.g. text embeddings) are repeated per
-        frame and passed to the 2D backbone."""
-        if not torch.is_tensor(hidden_states) or hidden_states.dim() != 5:
-            shape = tuple(hidden_states.shape) if torch.is_tensor(hidden_states) else type(hidden_states).__name__
-            raise ValueError(f"InflatedVideoModel expects a video (batch, channels, frames, height, width), got {shape}; "
-                             f"add a frame axis to images with x[:, :, None].")
-        out = self._run(video_to_grid(hidden_states), timestep, class_labels, None,
-                        timestamps, force_drop_ids, base_kwargs)
-        out = grid_to_video(out)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        """hidden_states (B, C, F, H, W) (a list of them, top first, for a multi-scale backbone); timestep scalar
+        or (B,); class_labels (B,); timestamps (B, F) or None (frame indices). Extra keyword tensors with a leading
+        batch axis (e.g. encoder_hidden_states) are repeated per frame and passed to the 2D backbone."""
+        videos = self._inputs(hidden_states, 5, "a video (batch, channels, frames, height, width)",
+                              "add a frame axis to images with x[:, :, None]")
+        outputs = self._run([video_to_grid(x) for x in videos], timestep, class_labels, None, timestamps,
+                            force_drop_ids, base_kwargs)
+        return self._output([grid_to_video(out) for out in outputs], return_dict)
 
 
 class InflatedFourDModel(_InflatedModel):
@@ -451,12 +509,10 @@ class InflatedFourDModel(_InflatedModel):
                 return_dict: bool = True, **base_kwargs):
         """hidden_states (B, C, V, T, H, W); cameras (B, V, camera_dim) when the model has camera_dim;
         timestamps (B, T) or None (frame indices)."""
-        if not torch.is_tensor(hidden_states) or hidden_states.dim() != 6:
-            shape = tuple(hidden_states.shape) if torch.is_tensor(hidden_states) else type(hidden_states).__name__
-            raise ValueError(f"InflatedFourDModel expects a grid (batch, channels, views, frames, height, width), got "
-                             f"{shape}; for a single-view video add a view axis with x[:, :, None].")
-        out = self._run(hidden_states, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        grids = self._inputs(hidden_states, 6, "a grid (batch, channels, views, frames, height, width)",
+                             "for a single-view video add a view axis with x[:, :, None]")
+        outputs = self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs)
+        return self._output(outputs, return_dict)
 
 
 def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "attention",

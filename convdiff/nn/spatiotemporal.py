@@ -52,11 +52,15 @@ class GridContext:
         self.frame_cameras = None
         self.frame_timestamps = None
 
+    def frames_in_batch(self) -> int | None:
+        """How many frames the backbone's batch axis holds (both streams), None outside a video forward."""
+        return None if self.grid is None else self.grid.num_frames_total * (2 if self.two_stream else 1)
+
     def grid_for(self, num_frames: int) -> Grid:
         """The grid of one stream, checked against the number of frames a layer actually received."""
         if self.grid is None:
             return Grid(num_frames, 1, 1)
-        expected = self.grid.num_frames_total * (2 if self.two_stream else 1)
+        expected = self.frames_in_batch()
         if num_frames != expected:
             raise ValueError(
                 f"an inserted video layer got {num_frames} frames but the model is running a grid of "
