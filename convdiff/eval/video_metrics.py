@@ -1,0 +1,116 @@
+"""Video and 4D metrics that run offline (reference/video4d.md §8).
+
+- `frame_fid`: FID over all frames as images, with the offline Inception of `convdiff.eval` (spatial quality only).
+- `temporal_consistency`: mean cosine similarity of the features of adjacent frames (CLIP-consistency style,
+  with Inception pool3 features by default or any extractor `uint8 NHWC -> (N, D)`), plus the similarity of every
+  frame to the first one. Read it beside `frame_difference` (mean absolute change between adjacent frames, a
+  flicker proxy): a frozen video scores perfectly on both.
+- `psnr`, and `fourd_view_synthesis`: for the synthetic multi-view set, sample the grid conditioned on the
+  ground-truth first view (its whole video) and measure PSNR of the generated other views against the
+  ground-truth renders, next to the trivial baseline that copies the first view into every view.
+
+Videos are float arrays (N, F, H, W, C) in [0, 1] (a pipeline's `output_type="np"`) or uint8 arrays.
+"""
+
+import numpy as np
+import torch
+
+from .fid import compute_fid
+from .image_io import to_uint8
+
+
+def videos_uint8(videos) -> np.ndarray:
+    """(N, F, H, W, C) float in [0, 1] or uint8 -> uint8 (N, F, H, W, C)."""
+    if isinstance(videos, torch.Tensor):
+        videos = videos.detach().cpu().numpy()
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+        raise ValueError(f"Expected videos (N, F, H, W, C) with C = 1 or 3, got shape {videos.shape}.")
+    return to_uint8(videos, value_range=(0.0, 1.0))
+
+
+def frame_fid(videos, reference, extractor=None, **kwargs):
+    """FID between all frames of `videos` and `reference` (anything `compute_fid` takes: uint8 images,
+    a folder, a statistics file, or more videos (N, F, H, W, C)). Returns an `FIDResult`."""
+    frames = videos_uint8(videos)
+    frames = frames.reshape(-1, *frames.shape[2:])
+    if isinstance(reference, np.ndarray) and reference.ndim == 5:
+        reference = videos_uint8(reference)
+        reference = reference.reshape(-1, *reference.shape[2:])
+    extra = dict(kwargs.pop("protocol_extra", None) or {}, frames_per_video=videos.shape[1])
+    return compute_fid(frames, reference, extractor=extractor, protocol_extra=extra, **kwargs)
+
+
+def frame_features(videos, extractor, batch_size: int = 64) -> torch.Tensor:
+    """(N, F, D) features of every frame."""
+    frames = videos_uint8(videos)
+    n, f = frames.shape[:2]
+    flat = frames.reshape(n * f, *frames.shape[2:])
+    features = torch.cat([torch.as_tensor(extractor(flat[i : i + batch_size])).float()
+                          for i in range(0, len(flat), batch_size)])
+    return features.reshape(n, f, -1)
+
+
+def temporal_consistency(videos, extractor=None, batch_size: int = 64) -> dict:
+    """{"adjacent": mean cosine similarity of consecutive frames' features, "to_first": mean similarity of
+    frames 1.. to frame 0} (1.0 = identical features). `extractor` defaults to the offline Inception."""
+    if extractor is None:
+        from .inception import InceptionFeatureExtractor
+
+        extractor = InceptionFeatureExtractor()
+    if np.asarray(videos).shape[1] < 2:
+        raise ValueError("temporal_consistency needs at least 2 frames per video.")
+    features = torch.nn.functional.normalize(frame_features(videos, extractor, batch_size), dim=-1)
+    adjacent = (features[:, 1:] * features[:, :-1]).sum(-1)
+    to_first = (features[:, 1:] * features[:, :1]).sum(-1)
+    return {"adjacent": adjacent.mean().item(), "to_first": to_first.mean().item()}
+
+
+def frame_difference(videos) -> float:
+    """Mean absolute difference between consecutive frames, on the [0, 1] scale."""
+    frames = videos_uint8(videos).astype(np.float64) / 255.0
+    return float(np.abs(np.diff(frames, axis=1)).mean())
+
+
+def psnr(prediction, target, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio (dB) between two arrays of the same shape, averaged over the first axis."""
+    prediction = np.asarray(prediction, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if prediction.shape != target.shape:
+        raise ValueError(f"psnr needs equal shapes, got {prediction.shape} and {target.shape}.")
+    mse = ((prediction - target) ** 2).reshape(len(prediction), -1).mean(axis=1)
+    return float(np.mean(10 * np.log10(data_range**2 / np.maximum(mse, 1e-12))))
+
+
+def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_steps: int = 25, seed: int = 0,
+                         batch_size: int = 8, start: int = 0) -> dict:
+    """Generate views 1..V-1 of multi-view clips from their ground-truth first view and compare with the renders.
+
+    `dataset` items are dicts (video (3, V, T, H, W) in [-1, 1], cameras (V, 12), timestamps (T,)), e.g.
+    `MultiViewObjects`. Returns PSNR (dB) of the generated views, of the copy-the-first-view baseline, and
+    the temporal frame difference of generated vs real views.
+    """
+    generated, real, copied = [], [], []
+    generator = torch.Generator().manual_seed(seed)
+    for first in range(start, start + num_clips, batch_size):
+        items = [dataset[i] for i in range(first, min(first + batch_size, start + num_clips))]
+        video = torch.stack([it["video"] for it in items])
+        cameras = torch.stack([it["cameras"] for it in items])
+        timestamps = torch.stack([it["timestamps"] for it in items])
+        out = pipeline(batch_size=len(items), num_views=video.shape[2], num_frames=video.shape[3], cameras=cameras,
+                       timestamps=timestamps, first_view=video[:, :, 0], num_inference_steps=num_inference_steps,
+                       generator=generator, output_type="np").frames  # (B, V, T, H, W, C)
+        truth = ((video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2).clip(0, 1)
+        generated.append(out[:, 1:])
+        real.append(truth[:, 1:])
+        copied.append(np.repeat(truth[:, :1], truth.shape[1] - 1, axis=1))
+    generated, real, copied = (np.concatenate(x) for x in (generated, real, copied))
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (clips*views, T, H, W, C)
+    return {
+        "psnr_generated": psnr(generated, real),
+        "psnr_copy_first_view": psnr(copied, real),
+        "frame_difference_generated": frame_difference(flat(generated)),
+        "frame_difference_real": frame_difference(flat(real)),
+        "num_clips": num_clips,
+        "num_inference_steps": num_inference_steps,
+    }

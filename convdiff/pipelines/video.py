@@ -1,0 +1,465 @@
+"""Video and 4D (multi-view video) generation with an inflated convdiff backbone (`convdiff.models.video.inflate`).
+
+`VideoPipeline` samples (B, C, F, H, W) clips, `FourDPipeline` (B, C, V, T, H, W) grids of V viewpoints x T
+timestamps. Both are `ClassConditionalPipeline`s over more axes, so they share its label checks, scheduler
+checks (flow vs ε, learned σ), classifier-free guidance rule and VAE handling (a VAE decodes frame by frame);
+on top they add:
+
+- first-frame conditioning (video) and first-view / first-timestamp conditioning (4D): the known cells are
+  replaced, before every model call, by the clean frames noised to the current level with one fixed noise
+  draw (the "replacement" method of video diffusion), and set to the clean frames at the end;
+- `shared_noise` in [0, 1]: the fraction of the starting noise's variance shared by every frame
+  (PYoCo's mixed noise; 0 = independent frames, 1 = identical starting noise);
+- long videos by overlapping windows: with `window_frames` < the number of frames, every step runs the model
+  on windows of `window_frames` frames overlapping by `window_overlap`, and blends their predictions with
+  weights that ramp linearly across each overlap, so the clip stays one coherent sample;
+- outputs: "np" (B, F, H, W, C) / (B, V, T, H, W, C) floats in [0, 1], "pt" (B, F, C, H, W) /
+  (B, V, T, C, H, W), "pil" (per sample a list of frames / a list per view of frames), "latent".
+
+Write files with `convdiff.pipelines.video_export.export_to_video` (mp4 / GIF) and `grid_4d`.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401  (see class_conditional.py)
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .class_conditional import ClassConditionalPipeline, class_info
+from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class VideoPipelineOutput(BaseOutput):
+    """`frames`: np (B, F, H, W, C) in [0, 1], torch (B, F, C, H, W), a list (per sample) of PIL frame lists,
+    or the latents (B, C, F, H, W)."""
+
+    frames: object
+
+
+@dataclass
+class FourDPipelineOutput(BaseOutput):
+    """`frames`: np (B, V, T, H, W, C) in [0, 1], torch (B, V, T, C, H, W), per sample a list (views) of PIL
+    frame lists, or the latents (B, C, V, T, H, W)."""
+
+    frames: object
+
+
+def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
+    """Start frames of windows of `window` frames overlapping by at least `overlap`, covering every frame."""
+    if window >= num_frames:
+        return [0]
+    step = window - overlap
+    starts = list(range(0, num_frames - window + 1, step))
+    if starts[-1] != num_frames - window:
+        starts.append(num_frames - window)
+    return starts
+
+
+def window_weights(window: int, overlap: int) -> torch.Tensor:
+    """(window,) blend weights: a linear ramp over `overlap` frames at both ends, 1 in between."""
+    ramp = (torch.arange(window, dtype=torch.float32) + 1) / (overlap + 1)
+    return torch.minimum(torch.ones(window), torch.minimum(ramp, ramp.flip(0)))
+
+
+class _FramesPipeline(ClassConditionalPipeline):
+    """The denoising loop shared by the video and 4D pipelines: latents (B, C, *grid, H, W), time at dim -3."""
+
+    grid_name = "frames"
+
+    # ---- shapes -------------------------------------------------------------------------------------------
+    def max_frames(self) -> int | None:
+        value = self.transformer.config.get("max_frames")
+        return int(value) if value else None
+
+    def check_frames(self, num_frames: int, window_frames: int | None, window_overlap: int):
+        """Return the window length (None: one pass over all frames), with clear errors for impossible sizes."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {num_frames}.")
+        limit = self.max_frames()
+        if window_frames is None and limit is not None and num_frames > limit:
+            window_frames = limit
+        if window_frames is not None and limit is not None and min(window_frames, num_frames) > limit:
+            raise ValueError(f"window_frames={window_frames} exceeds the model's max_frames={limit}.")
+        if window_frames is None or window_frames >= num_frames:
+            return None
+        if not 0 <= window_overlap < window_frames:
+            raise ValueError(f"window_overlap must be in [0, window_frames={window_frames}), got {window_overlap}.")
+        return window_frames
+
+    # ---- noise and conditioning --------------------------------------------------------------------------
+    def prepare_noise(self, shape, generator, dtype, device, shared_noise: float):
+        """Starting noise with a `shared_noise` fraction of its variance common to all frames (axis -3)."""
+        if not 0.0 <= float(shared_noise) <= 1.0:
+            raise ValueError(f"shared_noise must be in [0, 1] (fraction of noise variance shared by the frames), "
+                             f"got {shared_noise}.")
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if shared_noise > 0:
+            common_shape = (*shape[:-3], 1, *shape[-2:])
+            common = randn_tensor(common_shape, generator=generator, device=device, dtype=dtype)
+            noise = math.sqrt(shared_noise) * common + math.sqrt(1.0 - shared_noise) * noise
+        return noise
+
+    def noised_known(self, known, known_noise, t):
+        """The clean known frames at the noise level of timestep `t`, in the sampler's latent scaling."""
+        timestep = (t if torch.is_tensor(t) else torch.tensor(t)).reshape(1).to(known.device)
+        if hasattr(self.scheduler, "add_noise"):
+            return self.scheduler.add_noise(known, known_noise, timestep)
+        if hasattr(self.scheduler, "scale_noise"):  # flow matching
+            return self.scheduler.scale_noise(known, timestep, known_noise)
+        raise ValueError(f"{type(self.scheduler).__name__} has neither add_noise nor scale_noise, so frames cannot "
+                         "be conditioned on; use a DDPM/DDIM/Euler/DPM-Solver or flow-matching scheduler.")
+
+    # ---- one model evaluation ----------------------------------------------------------------------------
+    def run_model(self, latents, t, labels, null_id, scale, guidance_channels, extra: dict):
+        """One (CFG-batched) forward over the given frames; `extra` holds batch-first model kwargs."""
+        guided = scale is not None
+        model_input = torch.cat([latents, latents]) if guided else latents
+        if hasattr(self.scheduler, "scale_model_input"):
+            model_input = self.scheduler.scale_model_input(model_input, t)
+        kwargs = {k: (torch.cat([v, v]) if guided and v is not None else v) for k, v in extra.items()}
+        labels_in = labels
+        if guided:
+            labels_in = torch.cat([labels, torch.full_like(labels, null_id)])
+        timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
+        timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
+        out = self.transformer(model_input, timesteps, class_labels=labels_in, return_dict=False, **kwargs)[0]
+        if not guided:
+            return out
+        cond, uncond = out.chunk(2)
+        return apply_guidance(cond, uncond, scale, guidance_channels or self.transformer.config.in_channels)
+
+    def predict_frames(self, latents, t, labels, null_id, scale, guidance_channels, extra, window, overlap,
+                       time_extra: tuple = ()):
+        """The model output for every frame: one pass, or blended overlapping windows along time (dim -3);
+        the `time_extra` kwargs ((B, F) per-frame values) are cut to each window along their last dim."""
+        if window is None:
+            return self.run_model(latents, t, labels, null_id, scale, guidance_channels, extra)
+        num_frames = latents.shape[-3]
+        weights = window_weights(window, overlap).to(latents.device, latents.dtype)
+        total, weight_sum = None, torch.zeros(num_frames, device=latents.device, dtype=latents.dtype)
+        for start in window_starts(num_frames, window, overlap):
+            part = latents.narrow(-3, start, window)
+            part_extra = {k: (v.narrow(-1, start, window) if k in time_extra and v is not None else v)
+                          for k, v in extra.items()}
+            out = self.run_model(part, t, labels, null_id, scale, guidance_channels, part_extra)
+            if total is None:
+                total = torch.zeros(*out.shape[:-3], num_frames, *out.shape[-2:], device=out.device, dtype=out.dtype)
+            total.narrow(-3, start, window).add_(out * weights.view(-1, 1, 1))
+            weight_sum[start : start + window] += weights
+        return total / weight_sum.view(-1, 1, 1)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def denoise(self, shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
+                shared_noise, known, known_mask, extra, window, overlap, num_inference_steps,
+                callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=()):
+        check_schedule(guidance_schedule)
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                                 f"got {unknown}.")
+        self.check_scheduler()
+        _, null_id = class_info(self.transformer.config)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        device, dtype = self._execution_device, self.transformer.dtype
+        if labels is not None:
+            labels = labels.to(device)
+        extra = {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) else v) for k, v in extra.items()}
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        if latents is None:
+            latents = self.prepare_noise(shape, generator, dtype, device, shared_noise)
+        else:
+            if not torch.is_tensor(latents) or tuple(latents.shape) != tuple(shape):
+                got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+                raise ValueError(f"latents must have shape {tuple(shape)}, got {got}.")
+            latents = latents.to(device=device, dtype=dtype)
+        init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
+        if init_sigma is not None:
+            latents = latents * init_sigma
+        known_noise = None
+        if known is not None:
+            known = known.to(device=device, dtype=dtype)
+            known_mask = known_mask.to(device)
+            known_noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
+
+        step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
+        order = getattr(self.scheduler, "order", 1)
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * order, 0)
+        was_training = self.transformer.training
+        self.transformer.eval()
+        try:
+            with self.progress_bar(total=num_inference_steps) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    if known is not None:
+                        latents = torch.where(known_mask, self.noised_known(known, known_noise, t), latents)
+                    scale = None
+                    if self.do_classifier_free_guidance:
+                        scale = guidance_scale_at(t, guidance_scale, guidance_schedule, num_train_timesteps)
+                    out = self.predict_frames(latents, t, labels, null_id, scale, guidance_channels, extra, window,
+                                              overlap, time_extra)
+                    out = self.split_learned_sigma(out)
+                    step_extra = {"generator": generator} if step_takes_generator else {}
+                    latents = self.scheduler.step(out, t, latents, **step_extra).prev_sample.to(dtype)
+                    if callback_on_step_end is not None:
+                        available = {"latents": latents}
+                        outputs = callback_on_step_end(self, i, t, {k: available[k] for k in
+                                                                    callback_on_step_end_tensor_inputs}) or {}
+                        latents = outputs.pop("latents", latents)
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
+                        progress_bar.update()
+        finally:
+            if was_training:
+                self.transformer.train()
+        if known is not None:
+            latents = torch.where(known_mask, known, latents)
+        return latents
+
+    def check_call(self, class_labels, batch_size, guidance_scale, output_type, generator):
+        """Checks shared by both pipelines; returns (class ids or None, batch size)."""
+        if isinstance(class_labels, int):
+            class_labels = [class_labels]
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        _, null_id = class_info(self.transformer.config)
+        if guidance_scale > 1 and null_id is None:
+            raise ValueError("Classifier-free guidance needs a model with a null class; use guidance_scale=1.")
+        labels, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {batch}; pass one per sample or one.")
+        return labels, batch
+
+    @staticmethod
+    def batch_timestamps(timestamps, batch: int, num_frames: int):
+        """(F,) or (B, F) frame times -> float (B, F), or None."""
+        if timestamps is None:
+            return None
+        timestamps = torch.as_tensor(timestamps, dtype=torch.float32)
+        if timestamps.shape == (num_frames,):
+            timestamps = timestamps.expand(batch, num_frames)
+        if tuple(timestamps.shape) != (batch, num_frames):
+            raise ValueError(f"timestamps must have shape ({num_frames},) or ({batch}, {num_frames}), "
+                             f"got {tuple(timestamps.shape)}.")
+        return timestamps
+
+    def decode_frames(self, latents):
+        """(B, C, *grid, H, W) latents -> (B, *grid, C', H', W') images in [0, 1]."""
+        batch, grid = latents.shape[0], latents.shape[2:-2]
+        frames = latents.movedim(1, -3).reshape(-1, *latents.shape[1:2], *latents.shape[-2:])
+        images = self.decode(frames, "pt")  # ClassConditionalPipeline.decode: VAE (if any), then [-1, 1] -> [0, 1]
+        return images.reshape(batch, *grid, *images.shape[1:])
+
+    def to_output(self, latents, output_type):
+        if output_type == "latent":
+            return latents
+        frames = self.decode_frames(latents)
+        if output_type == "pt":
+            return frames
+        array = frames.cpu().float().movedim(-3, -1).numpy()
+        if output_type == "np":
+            return array
+        return self.nested_pil(array)
+
+    def nested_pil(self, array: np.ndarray):
+        if array.ndim == 4:  # (F, H, W, C)
+            return self.numpy_to_pil(array)
+        return [self.nested_pil(a) for a in array]
+
+    def image_size(self, height, width):
+        size = self.transformer.config.sample_size
+        default_h, default_w = (size, size) if isinstance(size, int) else tuple(size)
+        return height or default_h, width or default_w
+
+    def clean_frames(self, frames, name: str, expected: tuple) -> torch.Tensor:
+        """Conditioning frames in [-1, 1] -> latents (VAE-encoded when the pipeline has a VAE)."""
+        if not torch.is_tensor(frames):
+            raise ValueError(f"{name} must be a tensor in [-1, 1] of shape {expected}.")
+        if frames.ndim == len(expected) - 1:
+            frames = frames.unsqueeze(0).expand(expected[0], *frames.shape)
+        if self.vae is not None:
+            flat = frames.movedim(1, -3).reshape(-1, *frames.shape[1:2], *frames.shape[-2:])
+            encoded = self.vae.encode(flat.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+            encoded = (encoded - shift) * self.vae.config.scaling_factor
+            frames = encoded.reshape(frames.shape[0], *frames.shape[2:-2], *encoded.shape[1:]).movedim(-3, 1)
+        if tuple(frames.shape) != tuple(expected):
+            raise ValueError(f"{name} must have shape {expected} (batch, channels, ...) in [-1, 1], "
+                             f"got {tuple(frames.shape)}.")
+        return frames
+
+
+class VideoPipeline(_FramesPipeline):
+    r"""Sample videos (B, C, F, H, W) from an inflated video model (`inflate(model, to="video")`).
+
+    Args:
+        transformer: the video denoiser, called as `transformer(x, t, class_labels=..., timestamps=..., return_dict=False)`.
+        scheduler: any diffusers scheduler the 2D pipeline accepts.
+        vae: optional `AutoencoderKL`, applied frame by frame.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        guidance_channels: int | None = None,
+        guidance_schedule: GuidanceSchedule = "constant",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        first_frame: torch.Tensor | None = None,
+        shared_noise: float = 0.0,
+        timestamps: torch.Tensor | None = None,
+        window_frames: int | None = None,
+        window_overlap: int = 4,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006  (diffusers' signature)
+        batch_size: int | None = None,
+    ) -> VideoPipelineOutput | tuple:
+        r"""Generate videos.
+
+        Args:
+            class_labels / batch_size / guidance_*: as in `ClassConditionalPipeline`.
+            num_frames: frames per video (default: from `latents`, else the model's max_frames, else 16). More than the model's
+                max_frames (or than `window_frames`) samples by overlapping windows.
+            first_frame: optional (B, C, H, W) or (C, H, W) frame in [-1, 1] that the video starts from.
+            shared_noise: fraction of the starting noise's variance shared by all frames, in [0, 1].
+            timestamps: optional (B, F) or (F,) frame times for models with time conditioning.
+            window_frames, window_overlap: window length and overlap for long videos.
+            output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
+        """
+        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator)
+        if num_frames is None and torch.is_tensor(latents) and latents.ndim == 5:
+            num_frames = latents.shape[2]
+        num_frames = int(num_frames or self.max_frames() or 16)
+        window = self.check_frames(num_frames, window_frames, window_overlap)
+        height, width = self.image_size(height, width)
+        channels = self.transformer.config.in_channels
+        shape = (batch, channels, num_frames, height, width)
+
+        known = known_mask = None
+        if first_frame is not None:
+            frame = self.clean_frames(first_frame, "first_frame", (batch, channels, height, width))
+            known = frame.unsqueeze(2).expand(shape).contiguous()
+            known_mask = torch.zeros(1, 1, num_frames, 1, 1, dtype=torch.bool)
+            known_mask[:, :, 0] = True
+        timestamps = self.batch_timestamps(timestamps, batch, num_frames)
+        extra = {} if timestamps is None else {"timestamps": timestamps}
+
+        latents = self.denoise(shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
+                               shared_noise, known, known_mask, extra, window, window_overlap, num_inference_steps,
+                               callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=("timestamps",))
+        frames = self.to_output(latents, output_type)
+        self.maybe_free_model_hooks()
+        return VideoPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+class FourDPipeline(_FramesPipeline):
+    r"""Sample 4D grids (B, C, V, T, H, W) from an inflated 4D model (`inflate(model, to="4d")`).
+
+    Cameras (B, V, camera_dim) (or (V, camera_dim) for the whole batch) are required when the model was
+    built with `camera_dim`; timestamps (B, T) or (T,) are optional.
+    """
+
+    grid_name = "grid"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_views: int | None = None,
+        num_frames: int | None = None,
+        cameras: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        guidance_channels: int | None = None,
+        guidance_schedule: GuidanceSchedule = "constant",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        first_view: torch.Tensor | None = None,
+        first_frame: torch.Tensor | None = None,
+        shared_noise: float = 0.0,
+        window_frames: int | None = None,
+        window_overlap: int = 4,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
+        batch_size: int | None = None,
+    ) -> FourDPipelineOutput | tuple:
+        r"""Generate 4D grids.
+
+        Args:
+            num_views, num_frames: the grid (default: the number of cameras, else 4; the model's max_frames, else 8).
+            cameras: (B, V, camera_dim) or (V, camera_dim) camera parameters (e.g. flattened 3x4 extrinsics).
+            timestamps: (B, T) or (T,) frame times.
+            first_view: optional clean video of view 0, (B, C, T, H, W) or (C, T, H, W) in [-1, 1]
+                (the "fixed-view video" of 4Real-Video): the other views are generated around it.
+            first_frame: optional clean images of every view at time 0, (B, C, V, H, W) or (C, V, H, W)
+                (the "freeze-time video"): the later timestamps are generated from it.
+            shared_noise: fraction of the noise variance shared across the timestamps of each view.
+            Other arguments as in `VideoPipeline`.
+        """
+        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator)
+        camera_dim = self.transformer.config.get("camera_dim")
+        if cameras is not None:
+            cameras = torch.as_tensor(cameras, dtype=torch.float32)
+            if cameras.ndim == 2:
+                cameras = cameras.expand(batch, *cameras.shape)
+        if torch.is_tensor(latents) and latents.ndim == 6:
+            num_views, num_frames = num_views or latents.shape[2], num_frames or latents.shape[3]
+        num_views = int(num_views or (cameras.shape[1] if cameras is not None else 4))
+        num_frames = int(num_frames or self.max_frames() or 8)
+        if camera_dim and cameras is None:
+            raise ValueError(f"This model is camera-conditioned (camera_dim={camera_dim}): pass cameras of shape "
+                             f"({batch}, {num_views}, {camera_dim}) or ({num_views}, {camera_dim}).")
+        if cameras is not None:
+            expected = (batch, num_views, camera_dim or cameras.shape[-1])
+            if tuple(cameras.shape) != expected:
+                raise ValueError(f"cameras must have shape {expected} (batch, views, camera_dim), got {tuple(cameras.shape)}.")
+        window = self.check_frames(num_frames, window_frames, window_overlap)
+        height, width = self.image_size(height, width)
+        channels = self.transformer.config.in_channels
+        shape = (batch, channels, num_views, num_frames, height, width)
+
+        known = known_mask = None
+        if first_view is not None or first_frame is not None:
+            known = torch.zeros(shape)
+            known_mask = torch.zeros(1, 1, num_views, num_frames, 1, 1, dtype=torch.bool)
+            if first_view is not None:
+                video = self.clean_frames(first_view, "first_view", (batch, channels, num_frames, height, width))
+                known[:, :, 0] = video
+                known_mask[:, :, 0] = True
+            if first_frame is not None:
+                views = self.clean_frames(first_frame, "first_frame", (batch, channels, num_views, height, width))
+                known[:, :, :, 0] = views
+                known_mask[:, :, :, 0] = True
+        extra = {"cameras": cameras, "timestamps": self.batch_timestamps(timestamps, batch, num_frames)}
+
+        latents = self.denoise(shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
+                               shared_noise, known, known_mask, extra, window, window_overlap, num_inference_steps,
+                               callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=("timestamps",))
+        frames = self.to_output(latents, output_type)
+        self.maybe_free_model_hooks()
+        return FourDPipelineOutput(frames=frames) if return_dict else (frames,)

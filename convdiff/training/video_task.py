@@ -1,0 +1,202 @@
+"""`task: video`: train a video (B, C, F, H, W) or 4D (B, C, V, T, H, W) model inflated from a 2D backbone.
+
+The 2D backbone is either a saved pipeline folder (`task_options.base: pipelines/dic-mnist`, its transformer
+is loaded) or a fresh registry model (`model:` + `model_overrides:`, trained from scratch). It is inflated
+with `convdiff.models.video.inflate`; with `freeze_spatial: true` only the new temporal / view layers train
+(the loop's optimizer and EMA take the parameters that require grad). The loss is the recipe's objective on
+whole clips, with classifier-free label dropout decided by the step's draws (replays exactly on resume).
+
+task_options (all optional):
+    mode: video | 4d                                   (default video)
+    data: moving_digits | multiview | video_folder     (default moving_digits for video, multiview for 4d;
+                                                        video_folder reads `data_path`)
+    base: a pipeline folder whose transformer is the 2D model to inflate
+    temporal: p3d | attention | [p3d, attention]      (default attention)
+    view: attention | two-stream | fused               (4d only; default attention)
+    camera_dim: 12 or null                             (4d; default 12, the flattened 3x4 extrinsics)
+    max_frames, max_views: limits of the new layers    (default: the data's frames / views)
+    freeze_spatial: train only the new layers          (default true with `base`, else false)
+    num_frames, frame_size, num_digits, length, max_speed       (moving_digits)
+    num_views, image_size, max_objects, random_azimuth, cache   (multiview)
+    frame_stride, resolution, channels, clips_per_video, timeout (video_folder)
+    sample_videos: videos in the sample image (default 8)
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..registry import create_model
+from .denoise_task import DenoiseTask, model_config_holder, model_overrides_for
+from .objectives import make_objective
+from .task import Draws
+
+MODES = ("video", "4d")
+DATA_KINDS = ("moving_digits", "multiview", "video_folder")
+
+
+def load_base_transformer(folder):
+    """The transformer of a saved pipeline folder (any convdiff / diffusers pipeline class)."""
+    from diffusers import DiffusionPipeline  # noqa: F401
+
+    from ..pipelines import ClassConditionalPipeline
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"task_options.base={str(folder)!r} is not a saved pipeline folder (no model_index.json).")
+    return ClassConditionalPipeline.from_pretrained(folder).transformer
+
+
+class VideoTask(DenoiseTask):
+    name = "video"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mode = self.option("mode", "video")
+        if self.mode not in MODES:
+            raise ValueError(f"task_options.mode must be one of {MODES}, got {self.mode!r}.")
+        self.data_kind = self.option("data", "multiview" if self.mode == "4d" else "moving_digits")
+        if self.data_kind not in DATA_KINDS:
+            raise ValueError(f"task_options.data must be one of {DATA_KINDS}, got {self.data_kind!r}.")
+        if (self.mode == "4d") != (self.data_kind == "multiview"):
+            raise ValueError(f"mode={self.mode!r} does not fit data={self.data_kind!r}: 4d trains on multiview data, "
+                             "video on moving_digits or video_folder.")
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def build_dataset(self):
+        o, seed = self.option, self.config.seed
+        if self.data_kind == "moving_digits":
+            from ..data.moving_digits import MovingDigits
+
+            return MovingDigits("train", num_frames=o("num_frames", 8), frame_size=o("frame_size", 28),
+                                num_digits=o("num_digits", 1), length=o("length", 10_000),
+                                max_speed=o("max_speed", 1.5), seed=seed)
+        if self.data_kind == "multiview":
+            from ..data.multiview import MultiViewObjects
+
+            return MultiViewObjects(num_views=o("num_views", 4), num_frames=o("num_frames", 4),
+                                    image_size=o("image_size", 16), max_objects=o("max_objects", 2),
+                                    random_azimuth=o("random_azimuth", True), length=o("length", 2_000),
+                                    cache=o("cache", True), seed=seed)
+        from ..data.video_folder import VideoFolderDataset
+
+        if not self.config.data_path:
+            raise ValueError("task_options.data=video_folder needs data_path=<folder of videos>.")
+        return VideoFolderDataset(self.config.data_path, num_frames=o("num_frames", 16),
+                                  frame_stride=o("frame_stride", 1), resolution=o("resolution", 64),
+                                  channels=o("channels", 3), random_crop=o("random_crop", False),
+                                  clips_per_video=o("clips_per_video", 1), timeout=o("timeout", 30.0), seed=seed)
+
+    # ---- model --------------------------------------------------------------------------------------------
+    def build_model(self, dataset):
+        from ..models.video import inflate
+
+        config, base_folder = self.config, self.option("base")
+        base = load_base_transformer(base_folder) if base_folder else create_model(config.model,
+                                                                                   **model_overrides_for(config))
+        shape = dataset.sample_shape  # (C, F, H, W) or (C, V, T, H, W)
+        kwargs = dict(temporal=self.option("temporal", "attention"), max_frames=self.option("max_frames", shape[-3]),
+                      freeze_spatial=self.option("freeze_spatial", bool(base_folder)))
+        if self.mode == "4d":
+            kwargs.update(view=self.option("view", "attention"), camera_dim=self.option("camera_dim", 12),
+                          max_views=self.option("max_views", shape[1]))
+        model = inflate(base, to=self.mode, **kwargs)
+        if model.config.in_channels != shape[0]:
+            raise ValueError(f"The model takes {model.config.in_channels}-channel frames but the data gives {shape[0]}: "
+                             f"set model_overrides.in_channels={shape[0]} (or use a matching base pipeline).")
+        self.setup_conditioning(model)
+        self.objective = make_objective(config.objective, model.config.out_channels == 2 * model.config.in_channels,
+                                        pixel_space=True)
+        self.check_model_fits_data(model, dataset)
+        return model
+
+    def check_model_fits_data(self, model, dataset):
+        batch = torch.utils.data.default_collate([dataset[0]])
+        x0, labels, extra = self.unpack(batch)
+        try:
+            with torch.no_grad():
+                model.eval()(x0, torch.zeros(1, dtype=torch.long), **self.label_kwargs(labels, torch.zeros(1, dtype=torch.bool)),
+                             **extra)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"The inflated model does not fit data samples of shape {tuple(x0.shape[1:])}: {error}") from error
+        finally:
+            model.train()
+
+    # ---- loss ---------------------------------------------------------------------------------------------
+    def unpack(self, batch):
+        """(x0, labels, extra model kwargs) from a (clip, label) tuple or a multiview dict."""
+        if isinstance(batch, dict):
+            extra = {"timestamps": batch["timestamps"]}
+            if self.option("camera_dim", 12) is not None:
+                extra["cameras"] = batch["cameras"]
+            return batch["video"], batch["label"], extra
+        x0, labels = batch
+        return x0, labels, {}
+
+    def label_kwargs(self, labels, drop):
+        """Labels with the step's dropout mask (the inflated model then draws no dropout of its own)."""
+        if not self.num_classes:
+            return {"class_labels": None}
+        return {"class_labels": torch.as_tensor(labels, device=drop.device).long(), "force_drop_ids": drop.long()}
+
+    def loss(self, model, batch, draws: Draws):
+        x0, labels, extra = self.unpack(batch)
+        noise = draws.randn(*x0.shape[1:]).to(x0.device)
+        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator)).to(x0.device)
+        drop = self.label_drop(draws, len(x0)).to(x0.device)
+        x_t, model_t = self.objective.noisy_input(x0, noise, t)
+        out = model(x_t, model_t.to(x0.device), **self.label_kwargs(labels, drop), **extra).sample
+        return self.objective.loss(out, x0, noise, x_t, t).mean()
+
+    # ---- pipeline and samples -----------------------------------------------------------------------------
+    def build_pipeline(self, model):
+        from ..pipelines.video import FourDPipeline, VideoPipeline
+
+        cls = FourDPipeline if self.mode == "4d" else VideoPipeline
+        return cls(transformer=model, scheduler=self.objective.make_scheduler())
+
+    def save_samples(self, pipeline, path) -> None:
+        save_video_samples(pipeline, self.mode, self.build_dataset(), self.config, path,
+                           num_videos=self.option("sample_videos", 8))
+
+
+def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 8):
+    """A PNG of samples (video: one row per video, frames left to right; 4d: grids, rows = time, columns =
+    views) and a GIF beside it."""
+    from ..pipelines.schedulers import make_scheduler
+    from ..pipelines.video_export import export_to_video, grid_4d, views_side_by_side
+    from .samples import make_grid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scheduler = pipeline.scheduler
+    pipeline.scheduler = make_scheduler(config.sample_scheduler, scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(config.seed)
+    try:
+        if mode == "4d":
+            items = [dataset[i] for i in range(min(num_videos, 2))]
+            cameras = torch.stack([it["cameras"] for it in items])
+            timestamps = torch.stack([it["timestamps"] for it in items])
+            shape = dataset.sample_shape
+            frames = pipeline(batch_size=len(items), num_views=shape[1], num_frames=shape[2], cameras=cameras,
+                              timestamps=timestamps, num_inference_steps=config.sample_num_inference_steps,
+                              generator=generator, output_type="np").frames
+            grids = [np.asarray(grid_4d(sample)) for sample in frames]
+            Image.fromarray(np.concatenate(grids, axis=1)).save(path)
+            export_to_video(views_side_by_side(frames[0]), path.with_suffix(".gif"), fps=4, scale=4)
+            return path
+        from ..pipelines.class_conditional import class_info
+
+        num_classes, _ = class_info(pipeline.transformer.config)
+        kwargs = {"class_labels": [i % num_classes for i in range(num_videos)]} if num_classes else {"batch_size": num_videos}
+        frames = pipeline(num_frames=dataset.sample_shape[1], num_inference_steps=config.sample_num_inference_steps,
+                          guidance_scale=config.sample_guidance_scale, generator=generator, output_type="np",
+                          **kwargs).frames  # (N, F, H, W, C)
+        make_grid(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1]).save(path)
+        export_to_video(np.concatenate(list(frames), axis=2), path.with_suffix(".gif"), fps=4, scale=3)
+        return path
+    finally:
+        pipeline.scheduler = scheduler
