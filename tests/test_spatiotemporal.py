@@ -50,6 +50,7 @@ def test_layout_round_trips():
     tokens = grid_tokens()
     for forward, inverse in [(L.tokens_to_time_seq, L.time_seq_to_tokens), (L.tokens_to_view_seq, L.view_seq_to_tokens),
                              (L.tokens_to_view_frames, L.view_frames_to_tokens),
+                             (L.tokens_to_view_videos, L.view_videos_to_tokens),
                              (L.tokens_to_grid_seq, L.grid_seq_to_tokens)]:
         assert torch.equal(inverse(forward(tokens, GRID), GRID), tokens), forward.__name__
     volume = L.frames_to_volume(maps, GRID)
@@ -67,6 +68,7 @@ def test_layouts_put_the_right_elements_together():
     assert torch.equal(L.tokens_to_time_seq(tokens, GRID)[(b * 3 + v) * S + s, t], grid6[b, :, v, t, h, w])
     assert torch.equal(L.tokens_to_view_seq(tokens, GRID)[(b * 4 + t) * S + s, v], grid6[b, :, v, t, h, w])
     assert torch.equal(L.tokens_to_view_frames(tokens, GRID)[b * 4 + t, v * S + s], grid6[b, :, v, t, h, w])
+    assert torch.equal(L.tokens_to_view_videos(tokens, GRID)[b * 3 + v, t * S + s], grid6[b, :, v, t, h, w])
     assert torch.equal(L.tokens_to_grid_seq(tokens, GRID)[b, (v * 4 + t) * S + s], grid6[b, :, v, t, h, w])
     swapped = L.swap_views_and_frames(tokens, GRID)  # (b, t, v) order
     assert torch.equal(swapped[(b * 4 + t) * 3 + v], tokens[(b * 3 + v) * 4 + t])

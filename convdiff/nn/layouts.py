@@ -105,6 +105,15 @@ def view_frames_to_tokens(x: torch.Tensor, grid: Grid) -> torch.Tensor:
     return rearrange(x, "(b t) (v s) c -> (b v t) s c", b=grid.batch, v=grid.views)
 
 
+def tokens_to_view_videos(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(B*V*T, S, C) -> (B*V, T*S, C): every frame of one view, a fixed-view video (video-DiT 3D attention)."""
+    return rearrange(x, "(b v t) s c -> (b v) (t s) c", b=grid.batch, v=grid.views)
+
+
+def view_videos_to_tokens(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    return rearrange(x, "(b v) (t s) c -> (b v t) s c", b=grid.batch, t=grid.frames)
+
+
 def tokens_to_grid_seq(x: torch.Tensor, grid: Grid) -> torch.Tensor:
     """(B*V*T, S, C) -> (B, V*T*S, C) in (v, t, s) order: the whole grid (fused view-time attention)."""
     return rearrange(x, "(b v t) s c -> b (v t s) c", b=grid.batch, v=grid.views)
