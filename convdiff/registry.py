@@ -12,6 +12,7 @@ from .distill.digits_unet import LabelConditionedUNet
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
 from .models.diffit import DiffiTModel
+from .models.diffit_unet import DiffiTUNetModel
 from .models.layered_unet import LayeredUNetModel
 
 
@@ -72,6 +73,18 @@ MODELS = {
     "diffit-xl-512": (DiffiTModel, dict(hidden_size=1152, depth=28, num_heads=16, sample_size=64)),
     "diffit-tiny": (DiffiTModel, dict(hidden_size=32, depth=2, num_heads=2, sample_size=16, num_classes=10)),
     "diffit-mnist": (DiffiTModel, dict(hidden_size=128, depth=6, num_heads=4, **_MNIST_CONVDIFF)),  # 1.58M, 14x14 tokens
+    # Image-space DiffiT U-Net (reference/backbones.md §4.3; paper App. H: 128-channel tokenizer, 256 channels,
+    # 4 ResBlocks per stage, windows 4 / 8; unconditional like the paper's CIFAR-10 and FFHQ-64 models).
+    "diffit-unet-cifar10": (DiffiTUNetModel, dict(sample_size=32, block_out_channels=[256] * 3, layers_per_block=[4] * 3,
+                                                  window_size=4)),  # 45.4M
+    "diffit-unet-ffhq64": (DiffiTUNetModel, dict(sample_size=64, block_out_channels=[256] * 4, layers_per_block=[4] * 4,
+                                                 window_size=8)),  # 59.9M
+    "diffit-unet-tiny": (DiffiTUNetModel, dict(sample_size=16, base_channels=16, block_out_channels=[32, 32],
+                                               layers_per_block=[1, 1], mid_layers=1, num_heads=2, window_size=4,
+                                               num_classes=10)),
+    "diffit-unet-mnist": (DiffiTUNetModel, dict(sample_size=28, in_channels=1, base_channels=32, block_out_channels=[64, 64],
+                                                layers_per_block=[2, 2], mid_layers=1, num_heads=2, window_size=7,
+                                                num_classes=10)),  # 1.07M, 7x7 windows at 28 and 14
     # A tiny SD-style UNet2DConditionModel (self- + cross-attention, label tokens as context): the attention teacher
     # of the ΔConvFusion MNIST demo (docs/convfusion.md). Self-attention at 14x14 and in the 7x7 middle block.
     "sd-unet-mnist": (LabelConditionedUNet, dict(attention_levels=[False, True, False])),

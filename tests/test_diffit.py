@@ -238,3 +238,102 @@ def test_converter_errors_are_clear():
     bad_index = dict(official, **{"blocks.0.attn.relative_position_index": torch.zeros(16, 16, dtype=torch.long)})
     with pytest.raises(ValueError, match="not the Swin relative position index"):
         convert_official_checkpoint(bad_index, "diffit-tiny", sample_size=8)
+
+
+# ---- image-space DiffiT U-Net -----------------------------------------------------------------------------
+
+from convdiff.models.diffit_unet import DiffiTResBlock, DiffiTUNetModel  # noqa: E402
+
+
+def tiny_unet(**overrides):
+    return create_model("diffit-unet-tiny", **overrides)
+
+
+def test_unet_paper_configurations():
+    for name, size, levels, window in (("diffit-unet-cifar10", 32, 3, 4), ("diffit-unet-ffhq64", 64, 4, 8)):
+        count, model = meta_params(name)
+        assert model.config.sample_size == size and model.levels == levels and model.config.base_channels == 128
+        assert {b.window_size for b in model.modules() if isinstance(b, DiffiTResBlock)} == {window}
+        assert all(len(stage) == 4 for stage in model.encoder) and all(len(stage) == 4 for stage in model.decoder)
+        assert model.config.num_classes == 0 and model.stem.out_channels == 128
+    assert meta_params("diffit-unet-cifar10")[0] == 45_405_163
+    assert meta_params("diffit-unet-ffhq64")[0] == 59_946_123
+
+
+def test_unet_resblock_is_conv_then_windowed_tmsa_block_plus_shortcut():
+    from convdiff.nn.window import repeat_per_window, window_merge, window_partition
+
+    block = randomize_(DiffiTResBlock(8, 16, num_heads=2, window_size=4, temb_dim=6))
+    x, temb = torch.randn(2, 8, 8, 8), torch.randn(2, 6)
+    h = block.conv(torch.nn.functional.silu(block.norm(x)))
+    windows = window_partition(h.permute(0, 2, 3, 1), 4)  # (2*4 windows, 16 tokens, 16)
+    out = block.transformer(windows, repeat_per_window(temb, 8, 8, 4))
+    expected = window_merge(out, 8, 8, 4).permute(0, 3, 1, 2) + block.shortcut(x)
+    torch.testing.assert_close(block(x, temb), expected, atol=1e-5, rtol=1e-5)
+    # windows are independent: changing one quadrant of the input to the transformer leaves the others unchanged
+    assert block.transformer.attn.position_bias.window_size == (4, 4)
+
+
+def test_unet_forward_skips_and_zero_init():
+    model = tiny_unet()
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x, torch.tensor([1, 999]), torch.tensor([0, 9])).sample
+    assert out.shape == (2, 3, 16, 16) and torch.count_nonzero(out) == 0  # zero output conv
+    randomize_(model).eval()
+    temb = model._condition(x, torch.tensor([1, 999]), torch.tensor([0, 9]), None)
+    skips, middle = model._encode(x, temb)
+    assert [s.shape[-1] for s in skips] == [16, 8] and middle.shape == (2, 32, 8, 8)
+    torch.testing.assert_close(model._decode(middle, skips, temb), model(x, torch.tensor([1, 999]),
+                                                                        torch.tensor([0, 9])).sample)
+    # a skip really feeds the decoder
+    changed = model._decode(middle, [skips[0] + 1, skips[1]], temb)
+    assert not torch.allclose(changed, model._decode(middle, skips, temb))
+
+
+def test_unet_errors_and_variants():
+    with pytest.raises(ValueError, match=r"sample_size 24 must be divisible by 16 .*window size does not divide"):
+        tiny_unet(sample_size=24, window_size=8)
+    model = tiny_unet()
+    with pytest.raises(ValueError, match="height and width must be divisible by 8"):
+        model(torch.randn(1, 3, 12, 12), 1, torch.tensor([0]))
+    with pytest.raises(ValueError, match="in_channels=3 but got 1"):
+        model(torch.randn(1, 1, 16, 16), 1, torch.tensor([0]))
+    with pytest.raises(ValueError, match="one entry per resolution"):
+        tiny_unet(layers_per_block=[1])
+    # windowed attention is not tied to the training size: any multiple of the stride runs
+    assert model(torch.randn(1, 3, 24, 24), 1, torch.tensor([0])).sample.shape == (1, 3, 24, 24)
+    sigma = tiny_unet(learn_sigma=True, num_classes=0)
+    assert sigma(torch.randn(1, 3, 16, 16), 1).sample.shape == (1, 6, 16, 16)
+
+
+def test_unet_gradient_checkpointing_and_save_load(tmp_path):
+    model = randomize_(tiny_unet()).train()
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 4]), torch.tensor([1, 2])
+
+    def grads():
+        model.zero_grad()
+        model(x, t, y, force_drop_ids=torch.zeros(2)).sample.square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.enable_gradient_checkpointing()
+    for a, b in zip(plain, grads()):
+        torch.testing.assert_close(a, b)
+    model.eval().save_pretrained(tmp_path)
+    loaded = DiffiTUNetModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample, atol=1e-6, rtol=0)
+
+
+def test_unet_in_the_class_conditional_pipeline():
+    model = randomize_(tiny_unet()).eval()
+    pipe = ClassConditionalPipeline(transformer=model, scheduler=DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe([1, 2], num_inference_steps=2, guidance_scale=2.0, generator=torch.manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_unet_attention_names_for_module_swaps():
+    names = [n for n, _ in tiny_unet().named_modules() if n.endswith(".attn")]
+    assert names[0] == "encoder.0.0.transformer.attn" and "middle.0.transformer.attn" in names
+    assert len(names) == 5  # 2 encoder + 1 middle + 2 decoder ResBlocks
