@@ -68,6 +68,29 @@ def test_scale_zero_gives_base_and_guess_mode_scales_by_depth(name, overrides):
     torch.testing.assert_close(guess.mid_block_res_sample, plain.mid_block_res_sample)  # the middle keeps 1
 
 
+
+def test_layered_unet_with_text_conditioning_is_controllable():
+    """Multi-scale input (a list, top first) and encoder_hidden_states pass through the ControlNet copy."""
+    model = backbone("layered-unet-tiny", dict(cross_attention_dim=12))
+    controlnet = ControlNet.from_backbone(model, conditioning_channels=1).eval()
+    x = [torch.randn(2, 3, s, s) for s in model.scale_sizes]
+    t, text, c = torch.tensor([3, 600]), torch.randn(2, 4, 12), torch.rand(2, 1, 16, 16)
+    kwargs = dict(encoder_hidden_states=text, class_labels=torch.tensor([1, 2]))
+
+    def run(net, **extra):
+        down, mid = net(x, t, c, return_dict=False, **extra, **kwargs)
+        return model(x, t, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kwargs).scales
+
+    base = model(x, t, **kwargs).scales
+    assert all(torch.equal(a, b) for a, b in zip(run(controlnet), base))
+    randomize_(controlnet, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(run(controlnet, conditioning_scale=0.0), base))
+    controlled = run(controlnet)
+    assert not torch.allclose(controlled[0], base[0])
+    other_text = controlnet(x, t, c, return_dict=False, encoder_hidden_states=torch.randn(2, 4, 12),
+                            class_labels=torch.tensor([1, 2]))[1]
+    assert not torch.allclose(other_text, controlnet(x, t, c, return_dict=False, **kwargs)[1])
+
 def test_gradients_reach_only_the_controlnet():
     model = backbone("dic-tiny", BACKBONES[0][1]).requires_grad_(False)
     controlnet = ControlNet.from_backbone(model, conditioning_channels=1).train()

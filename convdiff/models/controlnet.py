@@ -101,6 +101,11 @@ def import_backbone_class(path: str):
     return cls
 
 
+def top_scale(sample):
+    """The full-resolution input: multi-scale backbones (the layered U-Net) take a list, top first."""
+    return sample[0] if isinstance(sample, (list, tuple)) else sample
+
+
 class ControlNet(ModelMixin, ConfigMixin):
     r"""A trainable copy of a convdiff backbone's encoder half, returning residuals for the frozen backbone.
 
@@ -161,6 +166,7 @@ class ControlNet(ModelMixin, ConfigMixin):
                              "vs model); build one with ControlNet.from_backbone(model) for this model.")
 
     def check_condition(self, sample: torch.Tensor, condition: torch.Tensor) -> None:
+        sample = top_scale(sample)
         channels = self.config.conditioning_channels
         down = self.config.conditioning_downscale
         expected = (sample.shape[0], channels, sample.shape[2] * down, sample.shape[3] * down)
@@ -184,7 +190,7 @@ class ControlNet(ModelMixin, ConfigMixin):
         Extra keywords (e.g. `encoder_hidden_states` for text-conditional backbones) go to the backbone copy.
         """
         self.check_condition(sample, controlnet_cond)
-        stem_residual = self.controlnet_cond_embedding(controlnet_cond.to(self.dtype)).to(sample.dtype)
+        stem_residual = self.controlnet_cond_embedding(controlnet_cond.to(self.dtype)).to(top_scale(sample).dtype)
         skips, middle = self.backbone.control_encode(sample, timestep, class_labels=class_labels,
                                                      force_drop_ids=force_drop_ids, stem_residual=stem_residual,
                                                      **conditioning)

@@ -30,6 +30,7 @@ from torch import nn
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
 from ..nn.multiscale import check_prediction_type, scale_sizes
 from ..nn.spatial_transformer import SpatialTransformer
+from .control_points import ControlPoints, add_control_residuals
 from .inputs import broadcast_timesteps, check_class_labels, check_sample
 
 
@@ -228,14 +229,18 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
         """Whether encoder level `level` (> 0) starts from the downsampled features of the level above."""
         return level >= num_scales or not isolated
 
-    def encode(self, samples, emb, context=None, context_mask=None):
-        """Run the encoder; returns (lowest-level features, skips in the order they were made)."""
+    def encode(self, samples, emb, context=None, context_mask=None, stem_residual=None):
+        """Run the encoder; returns (lowest-level features, skips in the order they were made).
+
+        `stem_residual` (a ControlNet's conditioning embedding) is added to the top input head's output."""
         skips, h = [], None
         for level, stage in enumerate(self.encoder):
             down = self.downsamplers[str(level - 1)] if str(level - 1) in self.downsamplers else None
             h = None if down is None else down(h)
             if level < len(samples):  # this level's own input head
                 x = self.input_heads[level](samples[level])
+                if level == 0 and stem_residual is not None:
+                    x = x + stem_residual
                 h = x if h is None else h + x
             skips.append(h)
             for layer in stage:
@@ -269,6 +274,8 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
         encoder_attention_mask: torch.Tensor | None = None,
         force_drop_ids: torch.Tensor | None = None,
         return_dict: bool = True,
+        down_block_additional_residuals=None,
+        mid_block_additional_residual=None,
     ):
         r"""Predict every scale's target.
 
@@ -281,18 +288,42 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
             class_labels: (N,) class ids for a class-conditional model (num_classes = the null class).
             encoder_attention_mask: optional (N, tokens) mask of the text tokens that may be attended.
             force_drop_ids: (N,) 1 where the class label is replaced by the null class (classifier-free dropout).
+            down_block_additional_residuals, mid_block_additional_residual: ControlNet residuals, one per skip
+                (in the order `encode` makes them) and one for the middle output (convdiff.models.controlnet).
         Returns:
             `LayeredUNetOutput(sample=top-scale prediction, scales=[every scale, top first])`, or that tuple.
         """
+        samples, emb, context = self.prepare(hidden_states, timestep, encoder_hidden_states, class_labels, force_drop_ids)
+        h, skips = self.encode(samples, emb, context, encoder_attention_mask)
+        h = self.middle(h, emb, context, encoder_attention_mask)
+        skips, h = add_control_residuals(skips, h, down_block_additional_residuals, mid_block_additional_residual,
+                                         type(self).__name__)
+        outputs = self.decode(h, skips, emb, context, encoder_attention_mask)
+        if not return_dict:
+            return (outputs[0], outputs)
+        return LayeredUNetOutput(sample=outputs[0], scales=outputs)
+
+    def prepare(self, hidden_states, timestep, encoder_hidden_states, class_labels, force_drop_ids):
+        """Checked per-scale inputs, the embedding and the text context, shared by forward and control_encode."""
         samples = self.scale_inputs(hidden_states)
         batch = samples[0].shape[0]
         emb = self.embed(timestep, class_labels, force_drop_ids, batch, samples[0].device, samples[0].dtype)
         context = self.check_context(encoder_hidden_states, batch)
         if context is not None:
             context = context.to(samples[0].dtype)
-        h, skips = self.encode(samples, emb, context, encoder_attention_mask)
-        h = self.middle(h, emb, context, encoder_attention_mask)
-        outputs = self.decode(h, skips, emb, context, encoder_attention_mask)
-        if not return_dict:
-            return (outputs[0], outputs)
-        return LayeredUNetOutput(sample=outputs[0], scales=outputs)
+        return samples, emb, context
+
+    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
+    control_unused_modules = ("decoder", "upsamplers", "output_heads")
+
+    def control_points(self) -> ControlPoints:
+        widths = list(self.config.block_out_channels)
+        per_level = 1 + self.config.layers_per_block  # the level's input, then every layer's output
+        down = tuple((w, 2**level) for level, w in enumerate(widths) for _ in range(per_level))
+        return ControlPoints(widths[0], down, (widths[-1], 2 ** (len(widths) - 1)))
+
+    def control_encode(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None,
+                       encoder_hidden_states=None, encoder_attention_mask=None):
+        samples, emb, context = self.prepare(hidden_states, timestep, encoder_hidden_states, class_labels, force_drop_ids)
+        h, skips = self.encode(samples, emb, context, encoder_attention_mask, stem_residual)
+        return skips, self.middle(h, emb, context, encoder_attention_mask)
