@@ -74,6 +74,22 @@ def run_in_windows(block: nn.Module, x: torch.Tensor, temb: torch.Tensor, height
     return window_merge(out, height, width, window_size).flatten(1, 2)
 
 
+def time_token(model, hidden_states, timestep, class_labels, force_drop_ids, stride: int) -> torch.Tensor:
+    """Check a DiffiT model's inputs and return its time token c = t_emb (+ y_emb, labels dropped for CFG)."""
+    name = type(model).__name__
+    check_sample(hidden_states, model.config.in_channels, stride, name)
+    batch, config = hidden_states.shape[0], model.config
+    timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
+    labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0,
+                                hidden_states.device, name)
+    temb = model.t_embedder(timesteps)
+    if labels is not None:
+        if (model.training and config.class_dropout_prob > 0) or force_drop_ids is not None:
+            labels = drop_labels(labels, config.num_classes, config.class_dropout_prob, force_drop_ids)
+        temb = temb + model.y_embedder(labels)
+    return temb.to(hidden_states.dtype)
+
+
 class PatchEmbed(nn.Module):
     """p x p patches -> tokens (B, H/p * W/p, C) with a strided conv (initialised like a Linear)."""
 
@@ -163,24 +179,14 @@ class DiffiTModel(ModelMixin, ConfigMixin):
 
     def _embed(self, hidden_states, timestep, class_labels, force_drop_ids):
         """Checked inputs -> patch tokens with position embedding (B, L, C) and the time token c (B, C)."""
-        name = type(self).__name__
-        check_sample(hidden_states, self.config.in_channels, self.config.patch_size, name)
+        temb = time_token(self, hidden_states, timestep, class_labels, force_drop_ids, self.config.patch_size)
         size = self.config.sample_size
         if tuple(hidden_states.shape[-2:]) != (size, size):
-            raise ValueError(f"{name} was built for {size}x{size} inputs (fixed position embedding and relative "
-                             f"position bias), got {tuple(hidden_states.shape[-2:])}; build it with "
+            raise ValueError(f"{type(self).__name__} was built for {size}x{size} inputs (fixed position embedding and "
+                             f"relative position bias), got {tuple(hidden_states.shape[-2:])}; build it with "
                              f"sample_size={hidden_states.shape[-1]} or resize the input.")
-        batch = hidden_states.shape[0]
-        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
-                                    hidden_states.device, name)
-        temb = self.t_embedder(timesteps)
-        if labels is not None:
-            if (self.training and self.config.class_dropout_prob > 0) or force_drop_ids is not None:
-                labels = drop_labels(labels, self.config.num_classes, self.config.class_dropout_prob, force_drop_ids)
-            temb = temb + self.y_embedder(labels)
         x = self.x_embedder(hidden_states) + self.pos_embed.to(hidden_states.dtype)
-        return x, temb.to(x.dtype)
+        return x, temb
 
     def _block(self, block, x, temb):
         grid = self.grid_size

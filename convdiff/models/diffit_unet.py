@@ -19,10 +19,11 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from einops import rearrange
 from torch import nn
 
-from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
+from ..nn.embeddings import LabelEmbedding, TimestepEmbedding
 from ..nn.norms import group_norm
-from .diffit import DiffiTBlock, run_in_windows
-from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample, resolve_out_channels
+from .control_points import ControlPoints, add_control_residuals
+from .diffit import DiffiTBlock, run_in_windows, time_token
+from .inputs import check_prediction_type, resolve_out_channels
 
 
 class DiffiTResBlock(nn.Module):
@@ -106,8 +107,8 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         temb_dim = time_embed_dim or widths[0]
         block = dict(num_heads=num_heads, window_size=window_size, temb_dim=temb_dim, mlp_ratio=mlp_ratio)
 
-        self.time_embedder = TimestepEmbedding(temb_dim)
-        self.label_embedder = LabelEmbedding(num_classes, temb_dim, class_dropout_prob) if num_classes > 0 else None
+        self.t_embedder = TimestepEmbedding(temb_dim)
+        self.y_embedder = LabelEmbedding(num_classes, temb_dim, class_dropout_prob) if num_classes > 0 else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)  # the 3x3 conv tokenizer
         self.encoder, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         channels = base_channels
@@ -142,9 +143,12 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         return block(x, temb)
 
     # ---- forward, in three stages: condition -> encoder + middle (skips) -> decoder -----------------------
-    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
+                down_block_additional_residuals=None, mid_block_additional_residual=None):
         temb = self._condition(hidden_states, timestep, class_labels, force_drop_ids)
         skips, x = self._encode(hidden_states, temb)
+        skips, x = add_control_residuals(skips, x, down_block_additional_residuals, mid_block_additional_residual,
+                                         type(self).__name__)  # ControlNet residuals (None: the plain model)
         out = self._decode(x, skips, temb)
         if not return_dict:
             return (out,)
@@ -152,22 +156,13 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
 
     def _condition(self, hidden_states, timestep, class_labels, force_drop_ids):
         """Checked inputs -> the time token c = t_emb (+ y_emb) fed to every TMSA."""
-        name = type(self).__name__
-        check_sample(hidden_states, self.config.in_channels, self.stride, name)
-        batch = hidden_states.shape[0]
-        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
-                                    hidden_states.device, name)
-        temb = self.time_embedder(timesteps)
-        if labels is not None:
-            if (self.training and self.config.class_dropout_prob > 0) or force_drop_ids is not None:
-                labels = drop_labels(labels, self.config.num_classes, self.config.class_dropout_prob, force_drop_ids)
-            temb = temb + self.label_embedder(labels)
-        return temb.to(hidden_states.dtype)
+        return time_token(self, hidden_states, timestep, class_labels, force_drop_ids, self.stride)
 
-    def _encode(self, hidden_states, temb):
+    def _encode(self, hidden_states, temb, stem_residual=None):
         """Tokenizer, encoder and middle; returns (one skip per resolution, finest first; middle output)."""
         x = self.stem(hidden_states)
+        if stem_residual is not None:  # a ControlNet's conditioning embedding
+            x = x + stem_residual
         skips = []
         for level, stage in enumerate(self.encoder):
             for block in stage:
@@ -189,3 +184,15 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
             if index < len(self.upsamplers):
                 x = self.upsamplers[index](x)
         return self.out_conv(F.silu(self.out_norm(x)))
+
+    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
+    control_unused_modules = ("decoder", "upsamplers", "out_norm", "out_conv")
+
+    def control_points(self) -> ControlPoints:
+        widths = list(self.config.block_out_channels)
+        down = tuple((w, 2**level) for level, w in enumerate(widths))
+        return ControlPoints(self.config.base_channels, down, (widths[-1], 2 ** (self.levels - 1)))
+
+    def control_encode(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
+        temb = self._condition(hidden_states, timestep, class_labels, force_drop_ids)
+        return self._encode(hidden_states, temb, stem_residual)
