@@ -12,3 +12,7 @@ __all__ += ["ControlNet", "MultiControlNet"]
 from .layered_unet import LayeredUNetModel  # noqa: E402
 
 __all__ += ["LayeredUNetModel"]
+
+from .video import InflatedFourDModel, InflatedVideoModel, inflate  # noqa: E402
+
+__all__ += ["InflatedFourDModel", "InflatedVideoModel", "inflate"]

@@ -30,7 +30,7 @@ def view_time_frame_mask(views: int, frames: int, device=None) -> torch.Tensor:
     return (v[:, None] == v[None, :]) | (t[:, None] == t[None, :])
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)  # one entry per (grid, resolution); a 32k-token grid's mask is 1 GB
 def view_time_dense_mask(views: int, frames: int, tokens_per_frame: int, device: str = "cpu") -> torch.Tensor:
     """(L, L) bool token mask, L = V*T*S, True = may attend."""
     frame_mask = view_time_frame_mask(views, frames, device)
