@@ -17,8 +17,9 @@ BACKBONES = [
     ("dic-tiny", dict(hidden_size=16, depth=[1, 1, 1, 1, 1])),
     ("dic-tiny", dict(hidden_size=16, depth=[4, 1, 1, 1, 4])),  # several skips per level
     ("dico-tiny", dict(hidden_size=16)),
+    ("diffit-unet-tiny", dict(in_channels=4, layers_per_block=[1, 2])),
 ]
-IDS = ["dic", "dic-deep", "dico"]
+IDS = ["dic", "dic-deep", "dico", "diffit-unet"]
 
 
 def backbone(name, overrides, **more):
