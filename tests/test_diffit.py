@@ -337,3 +337,28 @@ def test_unet_attention_names_for_module_swaps():
     names = [n for n, _ in tiny_unet().named_modules() if n.endswith(".attn")]
     assert names[0] == "encoder.0.0.transformer.attn" and "middle.0.transformer.attn" in names
     assert len(names) == 5  # 2 encoder + 1 middle + 2 decoder ResBlocks
+
+
+# ---- training with the shared loop ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config,shrink", [
+    ("configs/diffit-mnist-tiny.yaml", ["model_overrides.hidden_size=16", "model_overrides.depth=1",
+                                        "model_overrides.num_heads=2"]),
+    ("configs/diffit-unet-mnist-tiny.yaml", ["model_overrides.base_channels=8", "model_overrides.block_out_channels=[8, 8]",
+                                             "model_overrides.layers_per_block=[1, 1]", "model_overrides.num_heads=1"]),
+])
+def test_mnist_recipes_train_with_the_loop(tmp_path, config, shrink):
+    from pathlib import Path
+
+    from convdiff.pipelines import ClassConditionalPipeline
+    from convdiff.training import train_main
+    from convdiff.training.checkpoints import list_checkpoints
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    train_main(["--config", str(root / config), *shrink, "max_train_steps=3", "train_batch_size=4",
+                "checkpointing_steps=3", "report_to=null", "sample_num_inference_steps=2", f"output_dir={out}"])
+    assert [s for s, _ in list_checkpoints(out)] == [3]
+    pipe = ClassConditionalPipeline.from_pretrained(out / "pipeline")
+    images = pipe(class_labels=[7], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 28, 28, 1) and np.isfinite(images).all()
