@@ -120,6 +120,12 @@ def test_fused_4d_from_a_video_model_reuses_its_temporal_attention():
         assert torch.equal(fused.state_dict()[name], tensor), name
 
 
+def test_freeze_spatial_keeps_fixed_2d_parameters_fixed():
+    video = inflate(image_model("diffit-windows"), to="video", freeze_spatial=False)
+    assert not video.base.pos_embed.requires_grad  # DiffiT never trains its sin-cos position embedding
+    assert all(p.requires_grad for n, p in video.named_parameters() if n != "base.pos_embed")
+
+
 def test_freeze_spatial_trains_only_new_layers():
     model = image_model("dic")
     video = inflate(model, to="video", temporal=("p3d", "attention"), freeze_spatial=True)

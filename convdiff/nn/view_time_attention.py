@@ -107,7 +107,9 @@ class FusedViewTimeAttention(_AxisAttention):
     concatenated views). Its parameters are laid out like `TemporalAttention`'s, so a trained video
     model's temporal attention loads into it unchanged (their recipe: fine-tune the video model's attention
     with the mask). mask="auto" passes the BlockMask when the attention backend is "flex" and the cached
-    dense mask otherwise; "block" / "dense" force one form (the results agree).
+    dense mask otherwise; "block" / "dense" force one form (the results agree). Only FlexAttention compiled
+    by torch.compile skips the masked tiles (set_attention_backend("flex") + torch.compile(model)); eager flex
+    and dense masked SDPA compute every tile.
     """
 
     def __init__(self, dim: int, num_heads: int, max_views: int, max_frames: int, mask: str = "auto"):
@@ -118,6 +120,7 @@ class FusedViewTimeAttention(_AxisAttention):
         self.max_frames = max_frames
         self.mask = mask
 
+    @torch.compiler.disable  # build masks eagerly (cached); a compiled model gets them as inputs
     def mask_arguments(self, grid: Grid, tokens_per_frame: int, device) -> dict:
         use_block = self.mask == "block" or (self.mask == "auto" and get_attention_backend() == "flex")
         if use_block:
