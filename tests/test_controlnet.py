@@ -18,8 +18,9 @@ BACKBONES = [
     ("dic-tiny", dict(hidden_size=16, depth=[4, 1, 1, 1, 4])),  # several skips per level
     ("dico-tiny", dict(hidden_size=16)),
     ("diffit-unet-tiny", dict(in_channels=4, layers_per_block=[1, 2])),
+    ("diffit-tiny", dict(depth=5, window_size=4)),  # latent ViT: residuals after its first 2 blocks
 ]
-IDS = ["dic", "dic-deep", "dico", "diffit-unet"]
+IDS = ["dic", "dic-deep", "dico", "diffit-unet", "diffit"]
 
 
 def backbone(name, overrides, **more):
@@ -126,12 +127,13 @@ def test_multi_controlnet_sums_residuals_with_own_images_and_scales(tmp_path):
         multi(x, t, [c1], [1.0], class_labels=y)
 
 
-def test_controlnet_save_load_round_trip(tmp_path):
-    model = backbone("dic-tiny", BACKBONES[1][1])
+@pytest.mark.parametrize("name,overrides", [BACKBONES[1], BACKBONES[4]], ids=["dic", "diffit"])
+def test_controlnet_save_load_round_trip(tmp_path, name, overrides):
+    model = backbone(name, overrides)
     controlnet = randomize_(ControlNet.from_backbone(model, conditioning_channels=1), seed=4).eval()
     controlnet.save_pretrained(tmp_path)
     loaded = ControlNet.from_pretrained(tmp_path)
-    assert loaded.config.backbone_class == "convdiff.models.dic.DiCModel"
+    assert loaded.config.backbone_class == f"{type(model).__module__}.{type(model).__name__}"
     loaded.check_backbone(model)
     x, t, y, c = inputs()
     assert torch.equal(controlled(model, loaded, x, t, y, c), controlled(model, controlnet, x, t, y, c))

@@ -8,7 +8,11 @@ A controllable backbone offers three things, used by nothing but `convdiff.model
   conditioning image enters there);
 - forward keywords `down_block_additional_residuals` (one per skip) and `mid_block_additional_residual`,
   added to the skips and to the middle output before the decoder sees them (None = the plain model);
-plus the class attribute `control_unused_modules`: the decoder-half modules a ControlNet copy drops.
+plus the class attribute `control_unused_modules`: the decoder-half modules a ControlNet copy drops (or a
+`control_prune()` method that trims the copy, for models whose halves are slices of one block list).
+
+A plain transformer (DiffiT's latent ViT) has no skips: its control points are the outputs of the first half
+of its blocks, as token maps (B, C, h, w), and its forward adds residual i right after block i.
 """
 
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ class ControlPoints:
     stem_channels: int
     down: tuple  # ((channels, downsampling factor), ...) per skip tensor, encoder order
     mid: tuple  # (channels, downsampling factor) of the middle output
+    stem_factor: int = 1  # downsampling of the stem output (a ViT's patch size)
 
 
 def add_control_residuals(skips, middle, down_residuals, mid_residual, model_name: str):
@@ -67,3 +72,21 @@ def stage_control_encode(model, hidden_states, timestep, class_labels=None, forc
     """`control_encode` of a stage-conditioned hourglass: the input checks and conditions, then `_encode`."""
     conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
     return model._encode(hidden_states, conds, stem_residual)
+
+
+def check_in_flight_residuals(down_residuals, mid_residual, shape, count: int, model_name: str):
+    """The residuals of a transformer's first `count` blocks (down..., mid) as a list, after checking them."""
+    if down_residuals is None and mid_residual is None:
+        return None
+    if down_residuals is None or mid_residual is None:
+        raise ValueError(f"{model_name}: pass both down_block_additional_residuals and mid_block_additional_residual "
+                         "(a ControlNet returns both), or neither.")
+    residuals = [*down_residuals, mid_residual]
+    if len(residuals) != count:
+        raise ValueError(f"{model_name} has {count} control points (its first {count} blocks) but got {len(residuals)} "
+                         "residuals: was the ControlNet built from a different backbone config?")
+    for i, residual in enumerate(residuals):
+        if tuple(residual.shape) != tuple(shape):
+            raise ValueError(f"{model_name}: residual {i} has shape {tuple(residual.shape)}, expected {tuple(shape)}; "
+                             "the ControlNet must come from this backbone's config and see the same batch.")
+    return residuals

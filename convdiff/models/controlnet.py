@@ -130,20 +130,30 @@ class ControlNet(ModelMixin, ConfigMixin):
         super().__init__()
         cls = import_backbone_class(backbone_class)
         self.backbone = cls(**backbone_config)
-        for name in cls.control_unused_modules:
-            delattr(self.backbone, name)
         points = self.backbone.control_points()
+        if hasattr(self.backbone, "control_prune"):
+            self.backbone.control_prune()
+        else:
+            for name in cls.control_unused_modules:
+                delattr(self.backbone, name)
         self.controlnet_cond_embedding = ConditioningEmbedding(conditioning_channels, points.stem_channels,
-                                                               conditioning_embedding_channels, conditioning_downscale)
+                                                               conditioning_embedding_channels,
+                                                               conditioning_downscale * points.stem_factor)
         self.controlnet_down_blocks = nn.ModuleList([zero_conv(c, c) for c, _ in points.down])
         self.controlnet_mid_block = zero_conv(points.mid[0], points.mid[0])
 
     @classmethod
-    def from_backbone(cls, model, conditioning_channels: int = 3, conditioning_embedding_channels=(16, 32),
+    def from_backbone(cls, model, conditioning_channels: int = 3, conditioning_embedding_channels=None,
                       conditioning_downscale: int = 1, load_weights_from_backbone: bool = True) -> "ControlNet":
-        """A ControlNet for `model` (DiC, DiCo, ...) whose encoder copy starts from the model's weights, in fp32."""
+        """A ControlNet for `model` (DiC, DiCo, ...) whose encoder copy starts from the model's weights, in fp32.
+
+        conditioning_embedding_channels=None picks diffusers' widths (16, 32, 96, 256), as many as the
+        downscaling from the conditioning image to the stem's grid needs (at least two)."""
         path = backbone_path(model)
         import_backbone_class(path)  # clear error for a backbone without the interface
+        if conditioning_embedding_channels is None:
+            steps = (conditioning_downscale * model.control_points().stem_factor).bit_length() - 1
+            conditioning_embedding_channels = ([16, 32, 96] + [256] * max(steps - 2, 1))[: max(steps + 1, 2)]
         controlnet = cls(path, plain_config(model.config), conditioning_channels, list(conditioning_embedding_channels),
                          conditioning_downscale)
         if load_weights_from_backbone:

@@ -27,6 +27,7 @@ from ..nn.position import sincos_2d_position_embedding
 from ..nn.resample import init_like_official, xavier_like_linear
 from ..nn.tmsa import TimeDependentSelfAttention
 from ..nn.window import check_window, repeat_per_window, window_merge, window_partition
+from .control_points import ControlPoints, check_in_flight_residuals
 from .inputs import (broadcast_timesteps, check_class_labels, check_prediction_type, check_sample,
                      resolve_out_channels)
 
@@ -168,10 +169,14 @@ class DiffiTModel(ModelMixin, ConfigMixin):
             self.pos_embed.copy_(sincos_2d_position_embedding(hidden_size, self.grid_size)[None])
 
     # ---- forward, in three readable stages: embed -> blocks -> head -------------------------------------
-    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True):
+    def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
+                down_block_additional_residuals=None, mid_block_additional_residual=None):
         x, temb = self._embed(hidden_states, timestep, class_labels, force_drop_ids)
-        for block in self.blocks:
+        residuals = self._control_residuals(x, down_block_additional_residuals, mid_block_additional_residual)
+        for i, block in enumerate(self.blocks):
             x = self._block(block, x, temb)
+            if residuals is not None and i < len(residuals):  # ControlNet residual after each first-half block
+                x = x + residuals[i]
         out = self._head(x)
         if not return_dict:
             return (out,)
@@ -198,3 +203,38 @@ class DiffiTModel(ModelMixin, ConfigMixin):
         """Unconditioned final layer, then tokens back to (B, out_channels, H, W)."""
         p = self.config.patch_size
         return rearrange(self.final_layer(x), "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid_size, p=p, q=p)
+
+    # ---- ControlNet interface (control_points.py): the first half of the blocks are the control points ---
+    control_unused_modules = ("final_layer",)
+
+    def _control_count(self) -> int:
+        return max(1, self.config.depth // 2)
+
+    def _tokens_to_map(self, x):
+        return rearrange(x, "b (h w) c -> b c h w", h=self.grid_size)
+
+    def _control_residuals(self, x, down, mid):
+        shape = (x.shape[0], x.shape[-1], self.grid_size, self.grid_size)
+        residuals = check_in_flight_residuals(down, mid, shape, self._control_count(), type(self).__name__)
+        if residuals is None:
+            return None
+        return [rearrange(r.to(x.dtype), "b c h w -> b (h w) c") for r in residuals]
+
+    def control_points(self) -> ControlPoints:
+        width, patch = self.config.hidden_size, self.config.patch_size
+        return ControlPoints(width, ((width, patch),) * (self._control_count() - 1), (width, patch), stem_factor=patch)
+
+    def control_prune(self) -> None:
+        """Keep the embedders and the first-half blocks (a ControlNet copy)."""
+        del self.final_layer
+        self.blocks = self.blocks[: self._control_count()]
+
+    def control_encode(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
+        x, temb = self._embed(hidden_states, timestep, class_labels, force_drop_ids)
+        if stem_residual is not None:
+            x = x + rearrange(stem_residual, "b c h w -> b (h w) c")
+        outputs = []
+        for block in self.blocks[: self._control_count()]:
+            x = self._block(block, x, temb)
+            outputs.append(self._tokens_to_map(x))
+        return outputs[:-1], outputs[-1]

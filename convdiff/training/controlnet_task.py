@@ -11,7 +11,7 @@ base model's own objective on its output with the ControlNet residuals added.
 
 Options (task_options): base (required), controlnet (start from a saved ControlNet), condition ("canny"),
 condition_options ({} = the detector's defaults), empty_condition_prob (0.0), conditioning_embedding_channels
-([16, 32]), preview_count (10 conditions in the sample grid).
+(None: ControlNet.from_backbone's choice), preview_count (10 conditions in the sample grid).
 """
 
 from pathlib import Path
@@ -63,7 +63,7 @@ class ControlNetTask(DenoiseTask):
         else:
             controlnet = ControlNet.from_backbone(
                 self.base, conditioning_channels=channels,
-                conditioning_embedding_channels=self.option("conditioning_embedding_channels", [16, 32]))
+                conditioning_embedding_channels=self.option("conditioning_embedding_channels"))
         controlnet.check_backbone(self.base)
         picks = np.linspace(0, len(dataset) - 1, int(self.option("preview_count", 10))).round().astype(int)
         self.preview = [dataset[int(i)] for i in picks]
