@@ -17,6 +17,7 @@ COMMANDS = {
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
     "mnist-demo": ("convdiff.demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
     "controlnet-demo": ("convdiff.controlnet_demo", "controlnet_demo_main", "edge-map ControlNet on the shipped MNIST model: train, measure adherence, grid"),
+    "video-demo": ("convdiff.video_demo", "video_demo_main", "inflate the MNIST model to video (or train a tiny 4D model), train on CPU, GIFs, metrics"),
 }
 
 

@@ -60,7 +60,12 @@ def temporal_consistency(videos, extractor=None, batch_size: int = 64) -> dict:
         extractor = InceptionFeatureExtractor()
     if np.asarray(videos).shape[1] < 2:
         raise ValueError("temporal_consistency needs at least 2 frames per video.")
-    features = torch.nn.functional.normalize(frame_features(videos, extractor, batch_size), dim=-1)
+    return consistency_of_features(frame_features(videos, extractor, batch_size))
+
+
+def consistency_of_features(features: torch.Tensor) -> dict:
+    """`temporal_consistency` from precomputed (N, F, D) frame features (so FID can share one extraction)."""
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
     adjacent = (features[:, 1:] * features[:, :-1]).sum(-1)
     to_first = (features[:, 1:] * features[:, :1]).sum(-1)
     return {"adjacent": adjacent.mean().item(), "to_first": to_first.mean().item()}
