@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from convdiff.models.layered_unet import LayeredUNetModel
+from convdiff.models.layered_unet import LayeredUNetModel, LayeredUNetOutput
 from convdiff.nn.multiscale import (MultiScaleSchedule, consistent_noise, cosine_log_snr, downsample, image_pyramid,
                                     scale_sizes)
 from convdiff.pipelines.layered import LayeredTextToImagePipeline
@@ -360,3 +360,32 @@ def test_layered_task_trains_and_its_saved_pipeline_samples(tmp_path):
     assert out.images.shape == (2, 32, 32, 1) and out.scales[1].shape == (2, 16, 16, 1)
     assert np.isfinite(out.images).all()
     assert all(torch.isfinite(p).all() for p in pipe.unet.parameters())
+
+
+class OracleUNet(LayeredUNetModel):
+    """Predicts the exact v target for one known image pyramid: joint sampling must end on that image."""
+
+    def set_image(self, image):
+        self.pyramid = image_pyramid(image, self.scale_sizes)
+        self.schedule = MultiScaleSchedule(self.scale_sizes)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states=None, class_labels=None, return_dict=True, **_):
+        t = timestep.double().cpu() / 1000
+        outs = []
+        for (alpha, sigma), x_t, x0 in zip(self.schedule.alphas_sigmas(t, hidden_states[0]), hidden_states, self.pyramid):
+            eps = (x_t - alpha * x0) / sigma
+            outs.append(alpha * eps - sigma * x0)
+        return LayeredUNetOutput(sample=outs[0], scales=outs) if return_dict else (outs[0], outs)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_joint_sampling_with_an_oracle_ends_on_its_image(eta):
+    unet = OracleUNet(**{**create_model("layered-unet-tiny").config, "num_classes": 0})
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    unet.set_image(image)
+    pipe = LayeredTextToImagePipeline(unet, LayeredScheduler(sample_sizes=unet.scale_sizes))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=1, num_inference_steps=6, eta=eta, output_type="pt", return_all_scales=True,
+               generator=torch.Generator().manual_seed(1))
+    for images, x0 in zip(out.scales, image_pyramid(image, [16, 8])):
+        torch.testing.assert_close(images, x0 / 2 + 0.5, rtol=1e-4, atol=1e-4)

@@ -79,7 +79,8 @@ class LayeredScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step() takes one model output and one sample per scale ({self.schedule.sizes}), "
                              f"got {len(model_output)} and {len(sample)}.")
         t = self._time(timestep)
-        s = (t - 1.0 / self.num_inference_steps).clamp(min=0.0)
+        s = t - 1.0 / self.num_inference_steps
+        final = float(s) < 0.5 / self.num_inference_steps  # t - 1/n is ~1e-9, not 0, after float32 timesteps
         now = self.schedule.alphas_sigmas(t, sample[0])
         prediction_type, limit = self.config.prediction_type, self.config.clip_sample_range
         clean, noise = [], []
@@ -90,7 +91,7 @@ class LayeredScheduler(SchedulerMixin, ConfigMixin):
                 eps = (x_t - alpha * x0) / sigma
             clean.append(x0)
             noise.append(eps)
-        if float(s) == 0.0:
+        if final:
             prev = clean
         else:
             fresh = None
