@@ -251,6 +251,38 @@ def test_pipeline_rejects_a_controlnet_of_another_backbone(base_pipeline):
         ControlNetPipeline.from_base(base_pipeline, ControlNet.from_backbone(other))
 
 
+
+def test_text_conditional_layered_pipeline_with_control(tmp_path):
+    from convdiff.pipelines import LayeredControlNetPipeline, LayeredScheduler, LayeredTextToImagePipeline
+    from convdiff.pipelines.text_encoders import tiny_text_encoder
+
+    tokenizer, encoder = tiny_text_encoder(hidden_size=16, num_layers=1, model_max_length=24)
+    unet = backbone("layered-unet-tiny", dict(cross_attention_dim=16))
+    base = LayeredTextToImagePipeline(unet, LayeredScheduler(sample_sizes=unet.scale_sizes), encoder, tokenizer)
+    base.set_progress_bar_config(disable=True)
+    run = dict(prompt=["a seven", "a circle"], class_labels=[7, 1], num_inference_steps=2, guidance_scale=3.0,
+               output_type="np")
+
+    def images(pipe, **extra):
+        return pipe(**run, **extra, generator=torch.Generator().manual_seed(0)).images
+
+    pipe = LayeredControlNetPipeline.from_base(base, ControlNet.from_backbone(unet, conditioning_channels=1))
+    edge = torch.rand(1, 16, 16)
+    assert np.array_equal(images(pipe, image=edge), images(base))  # identity at init, through text CFG
+    randomize_(pipe.controlnet, seed=3)
+    controlled = images(pipe, image=edge)
+    assert not np.allclose(controlled, images(base))
+    assert images(pipe, image=edge, guess_mode=True).shape == controlled.shape
+    other_prompt = pipe(**dict(run, prompt=["a circle", "a seven"]), image=edge,
+                        generator=torch.Generator().manual_seed(0)).images
+    assert not np.allclose(other_prompt, controlled)
+    pipe.save_pretrained(tmp_path)
+    loaded = LayeredControlNetPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(images(loaded, image=edge), controlled)
+    with pytest.raises(ValueError, match="1-channel conditioning images but got 3"):
+        images(pipe, image=torch.rand(3, 16, 16))
+
 def test_condition_images_from_pil_numpy_and_tensors_agree():
     digit = np.zeros((8, 8), dtype=np.uint8)
     digit[2:6, 3:5] = 255

@@ -8,9 +8,9 @@ from .guidance import apply_guidance, guidance_scale_at, power_cosine_scale
 
 __all__ = ["ClassConditionalPipeline", "apply_guidance", "guidance_scale_at", "power_cosine_scale"]
 
-from .controlnet import ControlNetPipeline  # noqa: E402
+from .controlnet import ControlNetPipeline, LayeredControlNetPipeline  # noqa: E402
 
-__all__ += ["ControlNetPipeline"]
+__all__ += ["ControlNetPipeline", "LayeredControlNetPipeline"]
 
 from .layered import LayeredTextToImagePipeline  # noqa: E402
 from .layered_scheduler import LayeredScheduler  # noqa: E402

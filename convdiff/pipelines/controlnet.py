@@ -1,10 +1,13 @@
 """Spatially controlled sampling: a frozen convdiff backbone steered by one or more ControlNets.
 
-`ControlNetPipeline` is `ClassConditionalPipeline` (its checks, CFG, learned sigma, schedulers, callbacks,
-decoding) plus a `controlnet` component. While it samples, a forward pre-hook on the backbone runs the
-ControlNet(s) on exactly the backbone's input (already CFG-batched and scheduler-scaled) and adds their
-residuals as `down_block_additional_residuals` / `mid_block_additional_residual`, so the sampling loop is
-the class-conditional one, not a copy. Per call:
+Two pipelines, each an existing one plus a `controlnet` component (no sampling loop is copied):
+- `ControlNetPipeline` = `ClassConditionalPipeline` (DiC, DiCo, DiffiT, DiffiT U-Net: checks, CFG, learned
+  sigma, every scheduler, callbacks, VAE decoding);
+- `LayeredControlNetPipeline` = `LayeredTextToImagePipeline` (the layered U-Net, text prompts through its CLIP
+  text encoder and/or class labels; the ControlNet sees the same `encoder_hidden_states`).
+While they sample, a forward pre-hook on the backbone (`ControlMixin`) runs the ControlNet(s) on exactly the
+backbone's input (already CFG-batched and scheduler-scaled, with its class labels or text states) and adds
+their residuals as `down_block_additional_residuals` / `mid_block_additional_residual`. Per call:
 - `image`: the conditioning image(s) in [0, 1], as PIL images, numpy arrays (H, W[, C]) / (N, H, W, C)
   (uint8 or float) or tensors (C, H, W) / (N, C, H, W); one per sample or one for all; resized to the
   model's grid times the ControlNet's `conditioning_downscale`; a list of those with several ControlNets;
@@ -14,7 +17,8 @@ the class-conditional one, not a copy. Per call:
   guidance batch only (the unconditional half gets none), as in diffusers.
 
 Load a saved one with `ControlNetPipeline.from_pretrained(folder)`, or put a ControlNet on a base pipeline
-with `ControlNetPipeline.from_base(ClassConditionalPipeline.from_pretrained("pipelines/dic-mnist"), controlnet)`.
+with `ControlNetPipeline.from_base(ClassConditionalPipeline.from_pretrained("pipelines/dic-mnist"), controlnet)`
+(`LayeredControlNetPipeline.from_base(layered_pipeline, controlnet)` likewise).
 """
 
 import numpy as np
@@ -24,8 +28,9 @@ import torch.nn.functional as F
 # Bound here so model_index.json entries pointing at this module resolve their loading methods.
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
-from ..models.controlnet import MultiControlNet
+from ..models.controlnet import MultiControlNet, top_scale
 from .class_conditional import ClassConditionalPipeline
+from .layered import LayeredTextToImagePipeline
 
 
 def _as_list(value, count: int, name: str) -> list:
@@ -92,38 +97,41 @@ def prepare_condition_image(image, batch: int, channels: int, height: int, width
     return tensor.clamp(0, 1)
 
 
-class ControlNetPipeline(ClassConditionalPipeline):
-    r"""Class-conditional (or unconditional) sampling with ControlNet control.
+def _take(value, count: int):
+    """The first `count` samples of a batched argument (tensors, per-scale lists); anything else as is."""
+    if torch.is_tensor(value) and value.ndim:
+        return value[:count]
+    if isinstance(value, (list, tuple)) and value and torch.is_tensor(value[0]):
+        return [v[:count] for v in value]
+    return value
 
-    Args:
-        transformer: the frozen backbone (DiC, DiCo, ...), with the residual-injection keywords.
-        controlnet: a `ControlNet`, a list of them, or a `MultiControlNet`; each must come from this backbone.
-        scheduler, vae, id2label: as in `ClassConditionalPipeline`.
-    """
 
-    model_cpu_offload_seq = "controlnet->transformer->vae"
+class ControlMixin:
+    """ControlNet control for a pipeline whose backbone component is `self.<denoiser_name>`."""
 
-    def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
-                 vae: ModelMixin | None = None, id2label: dict | None = None):
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNet(controlnet)
-        controlnet.check_backbone(transformer)
-        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label)
-        self.register_modules(controlnet=controlnet)
-        self._control = None
+    denoiser_name = "transformer"
+    batched_kwargs = ("class_labels", "encoder_hidden_states", "encoder_attention_mask")
 
-    @classmethod
-    def from_base(cls, base: ClassConditionalPipeline, controlnet) -> "ControlNetPipeline":
-        """Put ControlNet(s) on a loaded base pipeline (its transformer, scheduler, vae and labels)."""
-        return cls(transformer=base.transformer, controlnet=controlnet, scheduler=base.scheduler, vae=base.vae,
-                   id2label=base.config.get("id2label"))
+    @property
+    def denoiser(self):
+        return getattr(self, self.denoiser_name)
 
     @property
     def controlnets(self) -> list:
         return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNet) else [self.controlnet]
 
+    @staticmethod
+    def as_controlnet(controlnet, denoiser):
+        if isinstance(controlnet, (list, tuple)):
+            controlnet = MultiControlNet(controlnet)
+        controlnet.check_backbone(denoiser)
+        return controlnet
+
+    def sample_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
     def condition_size(self, controlnet) -> tuple[int, int]:
-        _, height, width = self._sample_shape()
+        height, width = self.sample_size()
         down = controlnet.config.conditioning_downscale
         return height * down, width * down
 
@@ -155,13 +163,13 @@ class ControlNetPipeline(ClassConditionalPipeline):
         step, control["step"] = control["step"], control["step"] + 1
         total = max(self._num_timesteps, 1)
         sample, timestep = args[0], args[1]
-        labels = kwargs.get("class_labels")
         batch = control["batch"]
-        guided = sample.shape[0] == 2 * batch  # [conditional, unconditional] halves (ClassConditionalPipeline.predict)
+        guided = top_scale(sample).shape[0] == 2 * batch  # [conditional, unconditional] halves, as both pipelines batch
         only_cond = guided and control["guess_mode"]
-        x = sample[:batch] if only_cond else sample
-        t = timestep[:batch] if only_cond and torch.is_tensor(timestep) and timestep.ndim else timestep
-        y = labels[:batch] if only_cond and labels is not None else labels
+        x, t = (_take(sample, batch), _take(timestep, batch)) if only_cond else (sample, timestep)
+        conditioning = {k: kwargs[k] for k in self.batched_kwargs if kwargs.get(k) is not None}
+        if only_cond:
+            conditioning = {k: _take(v, batch) for k, v in conditioning.items()}
         down, mid = None, None
         for net, image, scale, start, end in zip(self.controlnets, control["images"], control["scales"],
                                                  control["starts"], control["ends"]):
@@ -169,8 +177,7 @@ class ControlNetPipeline(ClassConditionalPipeline):
                 continue  # outside this ControlNet's part of the schedule: the exact base prediction
             if guided and not only_cond:
                 image = torch.cat([image, image])
-            d, m = net(x.to(net.dtype), t, image, scale, class_labels=y, guess_mode=control["guess_mode"],
-                       return_dict=False)
+            d, m = net(x, t, image, scale, guess_mode=control["guess_mode"], return_dict=False, **conditioning)
             down = d if down is None else tuple(a + b for a, b in zip(down, d))
             mid = m if mid is None else mid + m
         if down is None:
@@ -179,6 +186,48 @@ class ControlNetPipeline(ClassConditionalPipeline):
             down = tuple(torch.cat([r, torch.zeros_like(r)]) for r in down)
             mid = torch.cat([mid, torch.zeros_like(mid)])
         return args, {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def call_with_control(self, sample, batch, image, scale, start, end, guess_mode):
+        """Run `sample()` (the base pipeline's __call__) with the control hook on the backbone."""
+        self._control = self.prepare_control(image, batch, scale, start, end, guess_mode)
+        was_training = [net.training for net in self.controlnets]
+        for net in self.controlnets:
+            net.eval()
+        handle = self.denoiser.register_forward_pre_hook(self._add_control, with_kwargs=True)
+        try:
+            return sample()
+        finally:
+            handle.remove()
+            self._control = None
+            for net, training in zip(self.controlnets, was_training):
+                net.train(training)
+
+
+class ControlNetPipeline(ControlMixin, ClassConditionalPipeline):
+    r"""Class-conditional (or unconditional) sampling with ControlNet control.
+
+    Args:
+        transformer: the frozen backbone (DiC, DiCo, DiffiT, DiffiT U-Net), with the residual-injection keywords.
+        controlnet: a `ControlNet`, a list of them, or a `MultiControlNet`; each must come from this backbone.
+        scheduler, vae, id2label: as in `ClassConditionalPipeline`.
+    """
+
+    model_cpu_offload_seq = "controlnet->transformer->vae"
+
+    def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
+                 vae: ModelMixin | None = None, id2label: dict | None = None):
+        controlnet = self.as_controlnet(controlnet, transformer)
+        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label)
+        self.register_modules(controlnet=controlnet)
+
+    @classmethod
+    def from_base(cls, base: ClassConditionalPipeline, controlnet) -> "ControlNetPipeline":
+        """Put ControlNet(s) on a loaded base pipeline (its transformer, scheduler, vae and labels)."""
+        return cls(transformer=base.transformer, controlnet=controlnet, scheduler=base.scheduler, vae=base.vae,
+                   id2label=base.config.get("id2label"))
+
+    def sample_size(self) -> tuple[int, int]:
+        return self._sample_shape()[1:]
 
     @torch.no_grad()
     def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
@@ -198,17 +247,50 @@ class ControlNetPipeline(ClassConditionalPipeline):
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         _, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
-        self._control = self.prepare_control(image, batch, controlnet_conditioning_scale, control_guidance_start,
-                                             control_guidance_end, guess_mode)
-        was_training = [net.training for net in self.controlnets]
-        for net in self.controlnets:
-            net.eval()
-        handle = self.transformer.register_forward_pre_hook(self._add_control, with_kwargs=True)
-        try:
-            return super().__call__(class_labels=class_labels, batch_size=batch_size, guidance_scale=guidance_scale,
-                                    **kwargs)
-        finally:
-            handle.remove()
-            self._control = None
-            for net, training in zip(self.controlnets, was_training):
-                net.train(training)
+        base_call = super().__call__
+        return self.call_with_control(
+            lambda: base_call(class_labels=class_labels, batch_size=batch_size, guidance_scale=guidance_scale, **kwargs),
+            batch, image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode)
+
+
+class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
+    r"""Layered U-Net sampling (text prompts and/or class labels) with ControlNet control on the top scale.
+
+    Args:
+        unet: the frozen `LayeredUNetModel`.
+        controlnet: a `ControlNet` (or several) built from it; it sees the prompt's `encoder_hidden_states`.
+        scheduler, text_encoder, tokenizer: as in `LayeredTextToImagePipeline`.
+    """
+
+    denoiser_name = "unet"
+    model_cpu_offload_seq = "text_encoder->controlnet->unet"
+
+    def __init__(self, unet: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None,
+                 tokenizer=None):
+        controlnet = self.as_controlnet(controlnet, unet)
+        super().__init__(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(controlnet=controlnet)
+
+    @classmethod
+    def from_base(cls, base: LayeredTextToImagePipeline, controlnet) -> "LayeredControlNetPipeline":
+        return cls(unet=base.unet, controlnet=controlnet, scheduler=base.scheduler, text_encoder=base.text_encoder,
+                   tokenizer=base.tokenizer)
+
+    def sample_size(self) -> tuple[int, int]:
+        size = self.unet.scale_sizes[0]
+        return size, size
+
+    @torch.no_grad()
+    def __call__(self, image=None, prompt=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
+                 control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
+                 guess_mode: bool = False, negative_prompt=None, batch_size: int | None = None,
+                 guidance_scale: float = 1.0, **kwargs):
+        r"""Generate images that follow the conditioning image(s); the control arguments are those of
+        `ControlNetPipeline.__call__`, the rest those of `LayeredTextToImagePipeline.__call__`."""
+        *_, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size, guidance_scale,
+                                      kwargs.get("output_type", "pil"), kwargs.get("generator"))
+        base_call = super().__call__
+        return self.call_with_control(
+            lambda: base_call(prompt=prompt, class_labels=class_labels, negative_prompt=negative_prompt,
+                              batch_size=batch_size, guidance_scale=guidance_scale, **kwargs),
+            batch, image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode)
