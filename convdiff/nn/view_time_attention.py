@@ -8,8 +8,8 @@ of full spatio-temporal attention (18% at 8 x 16).
 The mask exists in three equivalent forms: `view_time_mask_mod` (the rule, for FlexAttention),
 `view_time_block_mask` (a FlexAttention BlockMask built from frame-level counts, so it never materialises
 the (L, L) token mask and stays cheap at 131k tokens) and `view_time_dense_mask` (a bool (L, L) mask for
-dense SDPA). With the "flex" attention backend the block mask lets the kernel skip whole blocks; every
-other backend gets the dense mask; the result is the same.
+dense SDPA). With the "flex" attention backend the layer passes the block mask (under torch.compile the
+kernel then skips the unlisted tiles); every other backend gets the dense mask; the result is the same.
 """
 
 import functools
