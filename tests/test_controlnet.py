@@ -325,19 +325,48 @@ def test_sobel_and_canny_on_a_square():
 
 
 # ---- training -------------------------------------------------------------------------------------------
-def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A saved MNIST-shaped base pipeline (tiny DiC, learned sigma) and its model."""
     from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    model = randomize_(create_model("dic-tiny", hidden_size=8, depth=[1, 1, 1, 1, 1], in_channels=1, sample_size=28,
+                                    learn_sigma=True))
+    folder = tmp_path_factory.mktemp("base")
+    ClassConditionalPipeline(transformer=model, scheduler=DDPMScheduler(variance_type="learned_range")).save_pretrained(folder)
+    return folder, model
+
+
+def test_controlnet_task_keeps_the_base_in_the_weight_dtype_and_the_controlnet_in_fp32(tiny_base):
+    from types import SimpleNamespace
+
+    from convdiff.training.config import load_config
+    from convdiff.training.task import Draws
+    from convdiff.training.tasks import make_task
+
+    folder, _ = tiny_base
+    task = make_task(load_config(None, ["task=controlnet", f"task_options.base={folder}"]))
+    dataset = torch.utils.data.TensorDataset(torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([1, 2, 3, 4]))
+    dataset.sample_shape, dataset.num_classes = (1, 28, 28), 10
+    controlnet = task.build_model(dataset)
+    task.to_device(SimpleNamespace(device=torch.device("cpu"), mixed_precision="bf16"))
+    assert task.base.dtype == torch.bfloat16 and not any(p.requires_grad for p in task.base.parameters())
+    assert controlnet.dtype == torch.float32
+    loss = task.loss(controlnet, dataset.tensors, Draws(torch.Generator().manual_seed(0), 4, slice(0, 4)))
+    loss.backward()
+    assert torch.isfinite(loss) and controlnet.controlnet_mid_block.weight.grad.dtype == torch.float32
+    assert controlnet.controlnet_mid_block.weight.grad.abs().sum() > 0
+
+
+def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, tiny_base):
     from safetensors.torch import load_file
 
     from convdiff.training import train_main
 
-    torch.manual_seed(0)
-    base_model = randomize_(create_model("dic-tiny", hidden_size=8, depth=[1, 1, 1, 1, 1], in_channels=1, sample_size=28,
-                                         learn_sigma=True))
-    base = ClassConditionalPipeline(transformer=base_model, scheduler=DDPMScheduler(variance_type="learned_range"))
-    base.save_pretrained(tmp_path / "base")
+    base_folder, base_model = tiny_base
     out = tmp_path / "run"
-    train_main(["task=controlnet", f"task_options.base={tmp_path / 'base'}", "task_options.empty_condition_prob=0.5",
+    train_main(["task=controlnet", f"task_options.base={base_folder}", "task_options.empty_condition_prob=0.5",
                 "task_options.condition=sobel", "task_options.preview_count=4", "train_batch_size=4",
                 "max_train_steps=3", "learning_rate=0.01", "report_to=null", "logging_steps=1", "use_ema=false",
                 "checkpointing_steps=0", "sample_num_inference_steps=2", f"output_dir={out}"])
