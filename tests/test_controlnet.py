@@ -381,3 +381,24 @@ def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, t
     assert images.shape == (2, 28, 28, 1) and np.isfinite(images).all()
     with pytest.raises(ValueError, match="task_options.base"):
         train_main(["task=controlnet", "report_to=null", f"output_dir={tmp_path / 'bad'}"])
+
+
+def test_demo_adherence_measure_and_grid(tiny_base):
+    from convdiff.controlnet_demo import adherence, comparison_grid, evaluate, markdown_table
+
+    digits = torch.zeros(2, 1, 28, 28)
+    digits[:, :, 8:20, 10:18] = 1.0
+    conditions = canny_edges(digits)
+    perfect = adherence(digits, conditions)
+    assert perfect["edge IoU"] == 1.0 and perfect["edge pixel error"] == 0.0
+    assert adherence(torch.zeros_like(digits), conditions)["edge IoU"] == 0.0
+
+    folder, model = tiny_base
+    base = ClassConditionalPipeline.from_pretrained(folder)
+    pipe = ControlNetPipeline.from_base(base, ControlNet.from_backbone(base.transformer, conditioning_channels=1))
+    metrics, cond, controlled, uncontrolled = evaluate(pipe, num_digits=3, steps=1, batch_size=2)
+    assert torch.equal(controlled, uncontrolled)  # a fresh ControlNet is the identity
+    assert metrics["controlled"] == metrics["uncontrolled"] and set(metrics) == {
+        "controlled", "uncontrolled", "another held-out digit of the class"}
+    assert "| controlled |" in markdown_table(metrics)
+    assert comparison_grid(cond, controlled, uncontrolled, count=2, per_row=2, zoom=2).size == (2 * 6 * 28, 2 * 28)
