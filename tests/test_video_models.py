@@ -82,6 +82,19 @@ def test_4d_model_equals_image_model_per_frame_at_init(backbone, design):
                                   per_frame_reference(model, degenerate, T_STEPS, LABELS), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["unet-mnist", "dit-tiny"])
+def test_diffusers_baselines_inflate_too(name):
+    model = randomize_(create_model(name, **({"sample_size": 8} if name == "unet-mnist" else {}))).eval()
+    size, channels = model.config.sample_size, model.config.in_channels
+    x = torch.randn(2, channels, 2, 2, size, size)
+    with torch.no_grad():
+        expected = per_frame_reference(model, x, T_STEPS, LABELS)
+        video = inflate(model, to="video", temporal=("p3d", "attention")).eval()
+        assert torch.allclose(video(x[:, :, 0], T_STEPS, LABELS).sample, expected[:, :, 0], atol=1e-5)
+        fourd = inflate(model, to="4d", view="two-stream").eval()
+        assert torch.allclose(fourd(x, T_STEPS, LABELS).sample, expected, atol=1e-5)
+
+
 def test_multi_scale_text_conditioned_backbone_is_inflated_scale_by_scale():
     model = randomize_(create_model("layered-unet-tiny", sample_size=8, cross_attention_dim=16)).eval()
     fourd = inflate(model, to="4d", view="fused").eval()

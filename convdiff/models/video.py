@@ -2,7 +2,8 @@
 
 The 2D model keeps running on frames (B*V*T, C, H, W). Inflation wraps its modules in place, without
 touching the backbone's code:
-- every repeated block (the class names in the backbone's `_repeated_blocks`) becomes a
+- every repeated block (the class names in the backbone's `_repeated_blocks`; for diffusers' UNet2DModel
+  and DiTTransformer2DModel baselines, their ResnetBlock2D / BasicTransformerBlock) becomes a
   `SpatioTemporalBlock`: the block, then temporal layers over the frames of each pixel, then (4D) view
   layers, or the sync layer of a two-stream model;
 - with temporal="p3d", every 3x3 conv inside those blocks becomes a `P3DConv` (1x3x3 spatial + 3x1x1
@@ -58,6 +59,8 @@ VIEW_KINDS = ("attention", "two-stream", "fused")
 MIRRORED_CONFIG = ("sample_size", "in_channels", "out_channels", "learn_sigma", "num_classes", "class_dropout_prob",
                    "prediction_type")
 SYNC_EMBED_DIM = 128
+# diffusers' baselines do not list their repeated blocks (_repeated_blocks is empty): where to inflate them
+DIFFUSERS_BLOCKS = {"UNet2DModel": ("ResnetBlock2D",), "DiTTransformer2DModel": ("BasicTransformerBlock",)}
 
 
 @dataclass
@@ -79,6 +82,15 @@ class SpatioTemporalBlock(nn.Module):
         self.view = nn.ModuleList(view)
         self.sync = sync
         self.context = context
+
+    def __getattr__(self, name):
+        """Attributes the backbone reads from its blocks (DiT reads blocks[0].norm1) come from the 2D block."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "block":
+                raise
+            return getattr(self.block, name)
 
     def forward(self, x, *args, **kwargs):
         out = self.block(x, *args, **kwargs)
@@ -170,7 +182,8 @@ def _dummy_call(base: nn.Module) -> None:
     config = base.config
     param = next(base.parameters())
     like = dict(device=param.device, dtype=param.dtype)
-    labels = torch.zeros(1, dtype=torch.long, device=param.device) if config.get("num_classes") else None
+    classes = config.get("num_classes") or config.get("num_class_embeds") or config.get("num_embeds_ada_norm")
+    labels = torch.zeros(1, dtype=torch.long, device=param.device) if classes else None
     extra = {}
     if config.get("cross_attention_dim"):
         extra["encoder_hidden_states"] = torch.zeros(1, 1, config["cross_attention_dim"], **like)
@@ -194,7 +207,8 @@ def plan_inflation(base: nn.Module) -> dict:
     Returns {"blocks": [[name, width], ...], "timestep_embedders": [[name, width], ...]} in module order.
     The plan is stored in the inflated model's config, so loading never needs the dry run.
     """
-    block_classes = set(getattr(base, "_repeated_blocks", None) or getattr(base, "_no_split_modules", None) or [])
+    block_classes = set(getattr(base, "_repeated_blocks", None) or getattr(base, "_no_split_modules", None)
+                        or DIFFUSERS_BLOCKS.get(type(base).__name__, ()))
     if not block_classes:
         raise ValueError(f"{type(base).__name__} lists no repeated block class (_repeated_blocks), so inflation "
                          f"cannot tell where to insert temporal layers.")
@@ -253,7 +267,7 @@ class _InflatedModel(ModelMixin, ConfigMixin):
         self.register_to_config(**{k: base.config[k] for k in MIRRORED_CONFIG if k in base.config})
         self.context = GridContext()
         self.two_stream = view == "two-stream"
-        names_2d = {id(t): n for n, t in chain(base.named_parameters(), base.named_buffers())}
+        names_2d = {id(t): n for n, t in base.state_dict(keep_vars=True).items()}  # persistent tensors only
         fixed_in_2d = {id(p) for p in base.parameters() if not p.requires_grad}  # e.g. DiffiT's pos_embed
 
         if camera_dim or time_conditioning:
@@ -286,7 +300,7 @@ class _InflatedModel(ModelMixin, ConfigMixin):
         self.base = base
         # inflated parameter name -> its name in the 2D model (wrapping moved them, the tensors are the same)
         self.spatial_names = {f"base.{n}": names_2d[id(t)]
-                              for n, t in chain(base.named_parameters(), base.named_buffers()) if id(t) in names_2d}
+                              for n, t in base.state_dict(keep_vars=True).items() if id(t) in names_2d}
         self.fixed_names = {f"base.{n}" for n, p in base.named_parameters() if id(p) in fixed_in_2d}
         self.freeze_spatial_layers(freeze_spatial)
 
