@@ -273,3 +273,146 @@ def test_label_conditioned_unet_reloads_converted_with_from_pretrained(tmp_path)
     reloaded = LabelConditionedUNet.from_pretrained(tmp_path)  # its config's `convfusion` converts it on init
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x, t, y).sample, expected)
+
+
+# -------------------------------------------------------------------------------------------- distillation
+
+def tiny_teacher_pipeline(path):
+    from diffusers import DDPMScheduler
+
+    from convdiff.pipelines import ClassConditionalPipeline
+
+    teacher = LabelConditionedUNet(block_out_channels=(8, 16, 16), num_attention_heads=2, cross_attention_dim=8,
+                                   num_tokens=2, norm_num_groups=4, attention_levels=(True, True, False))
+    randomize_(teacher, std=0.1)
+    ClassConditionalPipeline(transformer=teacher, scheduler=DDPMScheduler(clip_sample=True)).save_pretrained(path)
+    return path
+
+
+def distill_config(tmp_path, **overrides):
+    from convdiff.training.config import load_config
+
+    teacher = tiny_teacher_pipeline(tmp_path / "teacher")
+    values = [f"task_options.teacher={teacher}", "task_options.kernel_sizes=3", "train_batch_size=8",
+              "report_to=null", f"output_dir={tmp_path / 'run'}", "sample_num_inference_steps=2", "max_train_steps=2",
+              "logging_steps=1", "checkpointing_steps=0", "learning_rate=0.003"]
+    return load_config(None, ["task=distill", *values, *[f"{k}={v}" for k, v in overrides.items()]])
+
+
+def test_distill_steps_reduce_the_distillation_loss_and_taps_survive_checkpointing(tmp_path):
+    from convdiff.distill.task import DistillTask
+    from convdiff.training.task import Draws
+
+    task = DistillTask(distill_config(tmp_path))
+    student = task.build_model(task.build_dataset())
+    student.enable_gradient_checkpointing()  # recomputation during backward must not disturb the taps
+    assert all(not p.requires_grad for p in task.teacher.parameters()) and not task.teacher.training
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    assert {n for n, p in student.named_parameters() if p.requires_grad} == set(student_state_dict(student))
+    batch = (task.build_dataset().images[:8], torch.arange(8) % 10)
+    optimizer = torch.optim.Adam(trainable, lr=3e-3)
+    losses = []
+    for _ in range(6):
+        draws = Draws(torch.Generator().manual_seed(0), 8, slice(0, 8))  # the same noise and t every step
+        loss, parts = task.loss_terms(student, batch, draws)
+        assert set(task.student_taps.features) == set(task.teacher_taps.features) and len(task.student_taps.features) == 7
+        optimizer.zero_grad()
+        loss.backward()
+        assert task.student_taps.features.keys() == task.teacher_taps.features.keys()
+        optimizer.step()
+        losses.append((parts["teacher"] + 1e-3 * parts["feature"]).item())  # what distillation can reduce
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.9 * losses[0], losses
+    assert parts["feature"] > 0 and parts["teacher"] > 0
+
+
+def test_distill_task_runs_in_the_training_loop_and_saves_a_converted_pipeline(tmp_path):
+    from convdiff.pipelines import ClassConditionalPipeline
+    from convdiff.training.loop import train
+
+    pipeline_dir = train(distill_config(tmp_path, **{"task_options.student": "linear"}))
+    pipe = ClassConditionalPipeline.from_pretrained(pipeline_dir)
+    assert len(student_modules(pipe.transformer)) == 7
+    assert all(isinstance(m, LinearSelfAttention) for m in student_modules(pipe.transformer).values())
+    images = pipe(class_labels=[1, 2], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 28, 28, 1)
+
+
+def test_distill_task_bad_options(tmp_path):
+    from convdiff.distill.task import DistillTask
+
+    with pytest.raises(ValueError, match="Unknown distill task_options"):
+        DistillTask(distill_config(tmp_path, **{"task_options.kernel": 3}))
+    with pytest.raises(ValueError, match="not a pipeline folder"):
+        DistillTask(distill_config(tmp_path, **{"task_options.teacher": str(tmp_path)}))
+
+
+@pytest.mark.parametrize("name", ["diffit-tiny", "diffit-unet-tiny"])
+@pytest.mark.parametrize("student", ["deltaconv", "linear"])
+def test_convert_diffit_models(name, student):
+    """DiffiT's TMSA (`attn` of every DiffiTBlock, global or windowed) is swapped like diffusers' attn1."""
+    from convdiff.nn.tmsa import TimeDependentSelfAttention
+    from convdiff.registry import create_model
+
+    teacher = create_model(name)
+    sites = len(self_attention_sites(teacher))
+    model = convert_self_attention(copy.deepcopy(teacher), student=student)
+    assert len(student_modules(model)) == sites > 0
+    assert not any(isinstance(m, TimeDependentSelfAttention) for m in model.modules())
+    config = model.config
+    x = torch.randn(2, config.in_channels, config.sample_size, config.sample_size)
+    labels = {"class_labels": torch.tensor([1, 2])} if config.get("num_classes") else {}
+    taps = FeatureTaps(model)
+    with taps.collect():
+        out = model(x, torch.tensor([3, 700]), **labels).sample
+    assert out.shape[-2:] == x.shape[-2:] and torch.isfinite(out).all() and len(taps.features) == sites
+
+
+# ---------------------------------------------------------------------------- Stable Diffusion, end to end
+
+def tiny_sd_folder(path):
+    """A StableDiffusionPipeline of tiny random parts (UNet, VAE, CLIP text encoder, local tokenizer), saved."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+
+    from convdiff.pipelines.text_encoders import tiny_text_encoder
+
+    tokenizer, text_encoder = tiny_text_encoder(hidden_size=24, model_max_length=16)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                        layers_per_block=1)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(sample_size=8),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_distill_a_stable_diffusion_folder_and_sample_with_diffusers_pipeline(tmp_path):
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from convdiff.training.config import load_config
+    from convdiff.training.loop import train
+
+    teacher = tiny_sd_folder(tmp_path / "sd")
+    data = tmp_path / "captions"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i, caption in enumerate(["a red square", "a blue circle", "two green lines", "a cat"]):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(caption)
+    config = load_config(None, ["task=distill", f"task_options.teacher={teacher}", "task_options.kernel_sizes=3",
+                                "data=image_folder", f"data_path={data}", "resolution=16", "train_batch_size=2",
+                                "max_train_steps=2", "checkpointing_steps=0", "report_to=null", "logging_steps=1",
+                                "sample_num_inference_steps=2", f"output_dir={tmp_path / 'run'}"])
+    pipeline_dir = train(config)
+    unet = load_converted(pipeline_dir / "unet")
+    assert len(student_modules(unet)) == 7
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir, unet=unet, safety_checker=None)
+    pipe.unet.set_default_attn_processor()  # a processor reset keeps the students (module swap)
+    assert len(student_modules(pipe.unet)) == 7
+    images = pipe("a red square", num_inference_steps=2, height=16, width=16, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()

@@ -3,7 +3,10 @@
 Module replacement (reference §5.2 option B), not an attention processor: `set_attn_processor` or
 `enable_xformers_memory_efficient_attention()` later cannot drop the trained student. Works on any model
 whose transformer blocks hold a diffusers self-attention `Attention` as `attn1` (UNet2DConditionModel for
-SD1.5 / SDXL, DiTTransformer2DModel, PixArtTransformer2DModel, and wrappers around them).
+SD1.5 / SDXL, DiTTransformer2DModel, PixArtTransformer2DModel, and wrappers around them), and on convdiff's
+DiffiT models, whose DiffiTBlocks hold a time-dependent self-attention (TMSA) as `attn`. The students
+ignore DiffiT's time token (time still enters through everything else) and, in windowed DiffiT, run on
+each window as the attention did.
 
 The ΔConvBlock needs the feature map's height and width, which token-space blocks do not get. A forward
 pre-hook on the nearest enclosing model that sees the NCHW input (a UNet's Transformer2DModel, a DiT's
@@ -28,6 +31,7 @@ KERNEL_PRESETS = {
     "sdxl": ({"down": [9, 7], "mid": 9, "up": [9, 13]}, "scaled_simple"),
     "pixart": (13, "sigmoid"),
     "dit": (13, "sigmoid"),
+    "diffit-unet": (3, "scaled_simple"),  # ours: DiffiT's U-Net attends in 4x4 / 8x8 windows
 }
 _STAGE = re.compile(r"(?:^|\.)(down_blocks|up_blocks)\.(\d+)\.|(?:^|\.)(mid_block)\.")
 
@@ -38,7 +42,7 @@ class DeltaConvSelfAttention(DeltaConvBlock):
     spatial_size = None  # (H, W) of the token grid, set by the pre-hook of the enclosing model
 
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        height, width = self.spatial_size or _square_grid(hidden_states.shape[1])
+        height, width = _grid(self.spatial_size, hidden_states.shape[1])
         return self.forward_tokens(hidden_states, height, width)
 
 
@@ -52,6 +56,13 @@ class LinearSelfAttention(NormalizedLinearAttention):
 STUDENT_TYPES = (DeltaConvSelfAttention, LinearSelfAttention)
 
 
+def _grid(size, tokens: int):
+    """The recorded (H, W) when it covers the tokens, else a square (DiffiT windows, or a lone block)."""
+    if size is not None and size[0] * size[1] == tokens:
+        return size
+    return _square_grid(tokens)
+
+
 def _square_grid(tokens: int):
     side = int(round(tokens**0.5))
     if side * side != tokens:
@@ -63,13 +74,30 @@ def _square_grid(tokens: int):
 def is_self_attention(module) -> bool:
     from diffusers.models.attention_processor import Attention
 
-    return isinstance(module, Attention) and not module.is_cross_attention
+    from ..nn.tmsa import TimeDependentSelfAttention
+
+    return (isinstance(module, Attention) and not module.is_cross_attention) or isinstance(module, TimeDependentSelfAttention)
+
+
+def attention_attribute(block) -> str | None:
+    """The name under which a transformer block holds its self-attention: `attn1` (diffusers), `attn` (DiffiT)."""
+    from ..models.diffit import DiffiTBlock
+
+    name = "attn" if isinstance(block, DiffiTBlock) else "attn1"
+    module = getattr(block, name, None)
+    return name if is_self_attention(module) or isinstance(module, STUDENT_TYPES) else None
 
 
 def self_attention_sites(model: nn.Module):
-    """[(block name, block)] of every block whose `attn1` is a self-attention or an already converted student."""
-    return [(name, block) for name, block in model.named_modules()
-            if is_self_attention(getattr(block, "attn1", None)) or isinstance(getattr(block, "attn1", None), STUDENT_TYPES)]
+    """[(block name, block)] of every block holding a self-attention or an already converted student."""
+    return [(name, block) for name, block in model.named_modules() if attention_attribute(block)]
+
+
+def attention_shape(attention) -> tuple[int, int]:
+    """(channels, heads) of a diffusers Attention or a TMSA."""
+    if hasattr(attention, "to_q"):
+        return attention.to_q.in_features, attention.heads
+    return attention.dim, attention.num_heads
 
 
 def _stage_of(name: str):
@@ -116,7 +144,9 @@ def _default_preset(model) -> str:
     name = type(model).__name__
     if "PixArt" in name:
         return "pixart"
-    if "DiT" in name:
+    if "DiffiTUNet" in name:
+        return "diffit-unet"
+    if "DiT" in name or "DiffiT" in name:
         return "dit"
     stages = {_stage_of(n) for n, _ in self_attention_sites(model)}
     downs = len({i for p, i in stages if p == "down"})
@@ -127,17 +157,17 @@ def convert_self_attention(model: nn.Module, kernel_sizes=None, student: str = "
                            gate: str | None = None, freeze: bool = True):
     """Replace every `attn1` self-attention of `model` in place and return the model.
 
-    kernel_sizes: a preset ("sd15", "sdxl", "pixart", "dit"), an int, a list (one per layer) or
+    kernel_sizes: a preset ("sd15", "sdxl", "pixart", "dit", "diffit-unet"), an int, a list (one per layer) or
     {"down": [...], "mid": k, "up": [...]}; None picks the preset from the architecture.
     student: "deltaconv" (ΔConvBlock) or "linear" (LinFusion-style, initialised from the attention weights).
     freeze: everything except the new students stops requiring grad.
     """
     if student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}.")
-    sites = [(n, b) for n, b in self_attention_sites(model) if is_self_attention(b.attn1)]
+    sites = [(n, b) for n, b in self_attention_sites(model) if is_self_attention(getattr(b, attention_attribute(b)))]
     if not sites:
         converted = any(isinstance(m, STUDENT_TYPES) for m in model.modules())
-        raise ValueError(f"{type(model).__name__} has no self-attention (attn1) to convert"
+        raise ValueError(f"{type(model).__name__} has no self-attention (attn1, or DiffiT's attn) to convert"
                          + (": it is already converted." if converted else
                             "; ΔConvFusion needs transformer blocks with a diffusers self-attention `attn1`."))
     preset = kernel_sizes if isinstance(kernel_sizes, str) or kernel_sizes is None else None
@@ -152,14 +182,15 @@ def convert_self_attention(model: nn.Module, kernel_sizes=None, student: str = "
     if freeze:
         model.requires_grad_(False)
     for (_, block), size in zip(sites, sizes):
-        attention = block.attn1
-        weight = attention.to_q.weight
+        name = attention_attribute(block)
+        attention = getattr(block, name)
+        weight = next(attention.parameters())
         with torch.device(weight.device):  # built in place: no real init work for meta-device models
             if student == "deltaconv":
-                new = DeltaConvSelfAttention(attention.to_q.in_features, size, scales=scales, gate=gate)
+                new = DeltaConvSelfAttention(attention_shape(attention)[0], size, scales=scales, gate=gate)
             else:
                 new = LinearSelfAttention.from_attention(attention)
-        block.attn1 = new.to(dtype=weight.dtype).requires_grad_(True)
+        setattr(block, name, new.to(dtype=weight.dtype).requires_grad_(True))
     _install_size_hooks(model)
     if hasattr(model, "register_to_config"):
         model.register_to_config(convfusion={"student": student, "kernel_sizes": kernel_sizes,
@@ -214,12 +245,6 @@ def _install_size_hooks(model: nn.Module) -> None:
         owner = _grid_owner(model, name)
         if not any(hook is _record_spatial_size for hook in owner._forward_pre_hooks.values()):
             owner.register_forward_pre_hook(_record_spatial_size, with_kwargs=True)
-
-
-def assert_no_self_attention(model: nn.Module) -> None:
-    left = [n for n, m in model.named_modules() if n.endswith("attn1") and is_self_attention(m)]
-    if left:
-        raise AssertionError(f"self-attention left after conversion: {left[:3]}")
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ No monkey-patching: the tapped tensor is the input of the first module the block
 forward pre-hook on that module sees it:
   * blocks with cross-attention: `norm2` (layer_norm, ada_norm_zero, ...), or `attn2` itself for PixArt's
     ada_norm_single, which feeds the raw stream to cross-attention;
-  * blocks without: `norm3` (before the FFN), or `norm2` for ada_norm_single.
+  * blocks without: `norm3` (before the FFN), or `norm2` for ada_norm_single;
+  * DiffiT blocks (x + TMSA(norm1(x)), then the MLP on norm2): `norm2`.
 Taps are stored in a dict keyed by block name and only while `collect()` is active, so the recomputed
 forwards of gradient checkpointing (which run during backward) neither grow nor overwrite them.
 """
@@ -16,6 +17,8 @@ from .convert import self_attention_sites
 
 
 def _tap_module(block):
+    if not hasattr(block, "attn1"):  # DiffiTBlock: x + attn(norm1(x)) goes straight into norm2
+        return block.norm2
     norm_type = getattr(block, "norm_type", "layer_norm")
     if getattr(block, "attn2", None) is not None:
         return block.attn2 if norm_type == "ada_norm_single" else block.norm2

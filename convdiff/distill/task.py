@@ -75,10 +75,13 @@ class DistillTask(DenoiseTask):
         self.teacher_class = pipeline_class_name(self.teacher_path)
 
     def build_model(self, dataset):
-        from diffusers import DiffusionPipeline
+        from ..pipelines import ClassConditionalPipeline
 
         config = self.config
-        self.teacher_pipeline = DiffusionPipeline.from_pretrained(self.teacher_path)
+        if self.teacher_class != "ClassConditionalPipeline":
+            raise ValueError(f"task_options.teacher holds a {self.teacher_class}; distill takes a ClassConditionalPipeline "
+                             f"or one of {', '.join(TEXT_TO_IMAGE)} folder.")
+        self.teacher_pipeline = ClassConditionalPipeline.from_pretrained(self.teacher_path)
         self.teacher = freeze_teacher(self.teacher_pipeline.transformer)
         student = make_student(self.teacher, self.options)
         check_model_fits_data(student, dataset, config)

@@ -42,13 +42,23 @@ class NormalizedLinearAttention(nn.Module):
 
     @classmethod
     def from_attention(cls, attention) -> "NormalizedLinearAttention":
-        """Same shapes as a diffusers `Attention` (self-attention), with its q/k/v/out weights copied."""
-        module = cls(attention.to_q.in_features, attention.heads, attention.to_q.out_features // attention.heads,
-                     qkv_bias=attention.to_q.bias is not None, out_bias=attention.to_out[0].bias is not None)
-        for name, source in (("to_q", attention.to_q), ("to_k", attention.to_k), ("to_v", attention.to_v),
-                             ("to_out", attention.to_out[0])):
-            getattr(module, name).load_state_dict(source.state_dict(), assign=source.weight.is_meta)
-        return module.to(attention.to_q.weight.device, attention.to_q.weight.dtype)
+        """Same shapes as a self-attention, with its q/k/v/out weights copied: a diffusers `Attention`
+        (to_q, to_k, to_v, to_out[0]) or a fused-qkv one (`qkv`, `proj`, `num_heads`, e.g. DiffiT's TMSA)."""
+        if hasattr(attention, "to_q"):
+            heads, out = attention.heads, attention.to_out[0]
+            sources = {"to_q": attention.to_q.state_dict(), "to_k": attention.to_k.state_dict(),
+                       "to_v": attention.to_v.state_dict()}
+        else:
+            heads, out = attention.num_heads, attention.proj
+            chunks = {key: value.chunk(3, dim=0) for key, value in attention.qkv.state_dict().items()}
+            sources = {name: {key: c[i] for key, c in chunks.items()} for i, name in enumerate(("to_q", "to_k", "to_v"))}
+        q_weight = sources["to_q"]["weight"]
+        module = cls(q_weight.shape[1], heads, q_weight.shape[0] // heads, qkv_bias="bias" in sources["to_q"],
+                     out_bias=out.bias is not None)
+        sources["to_out"] = out.state_dict()
+        for name, state in sources.items():
+            getattr(module, name).load_state_dict(state, assign=q_weight.is_meta)
+        return module.to(q_weight.device, q_weight.dtype)
 
     def forward(self, x):
         n = x.shape[1]
