@@ -402,3 +402,19 @@ def test_demo_adherence_measure_and_grid(tiny_base):
         "controlled", "uncontrolled", "another held-out digit of the class"}
     assert "| controlled |" in markdown_table(metrics)
     assert comparison_grid(cond, controlled, uncontrolled, count=2, per_row=2, zoom=2).size == (2 * 6 * 28, 2 * 28)
+
+
+def test_shipped_controlnet_fits_the_shipped_mnist_model():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    base = ClassConditionalPipeline.from_pretrained(root / "dic-mnist")
+    controlnet = ControlNet.from_pretrained(root / "controlnet-dic-mnist")
+    controlnet.check_backbone(base.transformer)
+    assert controlnet.config.conditioning_channels == 1
+    x, t, y = torch.randn(1, 1, 28, 28).expand(2, -1, -1, -1), torch.tensor([500, 500]), torch.tensor([3, 3])
+    edges = torch.zeros(2, 1, 28, 28)
+    edges[1, :, 6:22, 12] = 1.0  # a vertical stroke for the second sample only
+    down, mid = controlnet(x, t, edges, class_labels=y, return_dict=False)
+    out = base.transformer(x, t, y, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert not torch.allclose(out[0], out[1], atol=1e-3)  # the condition moves the prediction
