@@ -19,11 +19,11 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from einops import rearrange
 from torch import nn
 
-from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
+from ..nn.embeddings import LabelEmbedding, TimestepEmbedding
 from ..nn.norms import group_norm
 from .control_points import ControlPoints, add_control_residuals
-from .diffit import DiffiTBlock, run_in_windows
-from .inputs import broadcast_timesteps, check_class_labels, check_prediction_type, check_sample, resolve_out_channels
+from .diffit import DiffiTBlock, run_in_windows, time_token
+from .inputs import check_prediction_type, resolve_out_channels
 
 
 class DiffiTResBlock(nn.Module):
@@ -107,8 +107,8 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         temb_dim = time_embed_dim or widths[0]
         block = dict(num_heads=num_heads, window_size=window_size, temb_dim=temb_dim, mlp_ratio=mlp_ratio)
 
-        self.time_embedder = TimestepEmbedding(temb_dim)
-        self.label_embedder = LabelEmbedding(num_classes, temb_dim, class_dropout_prob) if num_classes > 0 else None
+        self.t_embedder = TimestepEmbedding(temb_dim)
+        self.y_embedder = LabelEmbedding(num_classes, temb_dim, class_dropout_prob) if num_classes > 0 else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)  # the 3x3 conv tokenizer
         self.encoder, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         channels = base_channels
@@ -156,18 +156,7 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
 
     def _condition(self, hidden_states, timestep, class_labels, force_drop_ids):
         """Checked inputs -> the time token c = t_emb (+ y_emb) fed to every TMSA."""
-        name = type(self).__name__
-        check_sample(hidden_states, self.config.in_channels, self.stride, name)
-        batch = hidden_states.shape[0]
-        timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-        labels = check_class_labels(class_labels, batch, self.config.num_classes, self.config.class_dropout_prob > 0,
-                                    hidden_states.device, name)
-        temb = self.time_embedder(timesteps)
-        if labels is not None:
-            if (self.training and self.config.class_dropout_prob > 0) or force_drop_ids is not None:
-                labels = drop_labels(labels, self.config.num_classes, self.config.class_dropout_prob, force_drop_ids)
-            temb = temb + self.label_embedder(labels)
-        return temb.to(hidden_states.dtype)
+        return time_token(self, hidden_states, timestep, class_labels, force_drop_ids, self.stride)
 
     def _encode(self, hidden_states, temb, stem_residual=None):
         """Tokenizer, encoder and middle; returns (one skip per resolution, finest first; middle output)."""
