@@ -326,3 +326,23 @@ def test_windowed_attention_equals_global_attention_with_a_window_mask():
     same_window = window_id[:, None] == window_id[None, :]
     global_masked = layer(x.reshape(2, 24, 8), attn_mask=same_window).reshape(2, 4, 6, 8)
     torch.testing.assert_close(local, global_masked, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_window_block_mask_equals_window_partition():
+    from convdiff.nn.window import window_block_mask
+
+    layer = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 8, 8, 8)
+    local = window_merge(layer(window_partition(x, 4)), 8, 8, 4).reshape(2, 64, 8)
+    mask = window_block_mask(8, 8, 4)
+    for backend in ("flex", "sdpa"):
+        with attention_backend(backend), torch.no_grad():
+            torch.testing.assert_close(layer(x.reshape(2, 64, 8), block_mask=mask), local, atol=1e-5, rtol=1e-5)
+    # training through the block mask on CPU: sdpa takes it densely; flex says what to do instead
+    layer(x.reshape(2, 64, 8), block_mask=mask).sum().backward()
+    if not torch.cuda.is_available():
+        with attention_backend("flex"), pytest.raises(ValueError, match="use backend='sdpa'"):
+            layer(x.reshape(2, 64, 8), block_mask=mask)
+    with pytest.raises(ValueError, match="window size 3 does not divide"):
+        window_block_mask(8, 8, 3)

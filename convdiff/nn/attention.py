@@ -169,7 +169,11 @@ def _flex(q, k, v, mask, block_mask, scale) -> Tensor:
 
     if block_mask is not None and block_mask.shape[0] not in (1, q.shape[0]):
         raise ValueError(f"block_mask batch size {block_mask.shape[0]} does not match inputs ({q.shape[0]})")
-    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    try:
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    except NotImplementedError as error:  # e.g. no FlexAttention backward on CPU (torch 2.13)
+        raise ValueError(f"attention backend 'flex' cannot run this call ({error}); use backend='sdpa', which applies "
+                         "the block mask as the equivalent dense mask") from error
 
 
 def attention(

@@ -36,3 +36,19 @@ def window_merge(windows: Tensor, height: int, width: int, window_size: int) -> 
 def repeat_per_window(per_image: Tensor, height: int, width: int, window_size: int) -> Tensor:
     """(B, ...) -> (B * windows, ...): each image's vector (e.g. its time token) for each of its windows."""
     return per_image.repeat_interleave((height // window_size) * (width // window_size), dim=0)
+
+
+def window_block_mask(height: int, width: int, window_size: int, device="cpu"):
+    """A FlexAttention BlockMask that lets each token of a row-major H x W grid attend only inside its window:
+    windowed attention over the unpartitioned sequence (same result as window_partition + attention)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    check_window(height, width, window_size)
+
+    def same_window(b, h, q_idx, kv_idx):
+        same_row_band = (q_idx // width) // window_size == (kv_idx // width) // window_size
+        same_col_band = (q_idx % width) // window_size == (kv_idx % width) // window_size
+        return same_row_band & same_col_band
+
+    length = height * width
+    return create_block_mask(same_window, None, None, length, length, device=device)
