@@ -200,6 +200,45 @@ def format_row(row):
             f"({_ratio(row['unet_attention'], row['unet_deltaconv'])}) |")
 
 
+def compare_pipelines(folders, batch: int, repeats: int):
+    """Denoiser FLOPs and CPU latency of trained class-conditional pipelines (teacher vs students), timed
+    interleaved (one pass of each in turn) so a shared machine's load hits all of them alike."""
+    from convdiff.distill import self_attention_sites, student_modules
+    from convdiff.pipelines import ClassConditionalPipeline
+
+    models = {Path(f).parent.name if Path(f).name == "pipeline" else Path(f).name:
+              ClassConditionalPipeline.from_pretrained(f).transformer.eval() for f in folders}
+    rows, times = [], {name: [] for name in models}
+    for name, model in models.items():
+        config = model.config
+        x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size)
+        inputs = (x, torch.full((batch,), 500), torch.arange(batch) % 10)
+        mixers = [b.attn1 for _, b in self_attention_sites(model)]
+        mixer_flops = 0
+        total = count(model, inputs)[0]
+        for mixer in mixers:  # the self-attention (or student) modules alone, on their recorded inputs
+            captured = {}
+            handle = mixer.register_forward_pre_hook(lambda m, a, captured=captured: captured.setdefault("x", a[0]))
+            with torch.inference_mode():
+                model(*inputs)
+            handle.remove()
+            mixer_flops += count(mixer, (captured["x"],))[0]
+        rows.append((name, model, inputs, total, mixer_flops, len(student_modules(model))))
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            for name, model, inputs, *_ in rows:
+                start = time.perf_counter()
+                model(*inputs)
+                times[name].append(time.perf_counter() - start)
+    lines = [f"| denoiser | students | self-attention-layer GFLOPs / sample | whole denoiser GFLOPs / sample | "
+             f"ms per batch of {batch} (median of {repeats}) |", "|---|---|---|---|---|"]
+    for name, model, inputs, total, mixer_flops, students in rows:
+        kind = type(next(iter(student_modules(model).values()))).__name__ if students else "self-attention (teacher)"
+        lines.append(f"| {name} | {kind} | {mixer_flops / batch / 1e9:.4f} | {total / batch / 1e9:.4f} | "
+                     f"{statistics.median(times[name][1:]) * 1e3:,.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -207,8 +246,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help=f"append the table to {DOC}")
+    parser.add_argument("--pipelines", nargs="+", help="instead: compare trained class-conditional pipeline folders")
+    parser.add_argument("--batch", type=int, default=64, help="batch for --pipelines")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pipelines:
+        print(compare_pipelines(args.pipelines, args.batch, max(args.repeats, 3)))
+        return
     print(HEADER)
     rows = run(args.sizes, args.budget, args.repeats)
     table = "\n".join([HEADER] + [format_row(r) for r in rows])
