@@ -25,7 +25,6 @@ from ..pipelines.class_conditional import ClassConditionalPipeline, model_parame
 from ..pipelines.controlnet import ControlNetPipeline
 from ..pipelines.schedulers import make_scheduler
 from .denoise_task import DenoiseTask, check_model_fits_data
-from .labels import conditioning_kwargs
 from .objectives import make_objective
 from .samples import make_grid
 from .task import Draws
@@ -77,22 +76,16 @@ class ControlNetTask(DenoiseTask):
         return edge_map((x0.float() + 1) / 2, self.condition_name, **self.condition_options)
 
     def loss(self, model, batch, draws: Draws):
-        x0, labels = batch
-        x0 = self.augment(x0, draws)
-        noise = draws.randn(*x0.shape[1:])
-        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator))
-        drop = self.label_drop(draws, len(x0))
+        inputs = self.draw_inputs(batch, draws, self.base)
         empty = draws.rand() < self.empty_prob
-        device, dtype = x0.device, self.base.dtype
-        noise, t = noise.to(device), t.to(device)
-        x_t, model_t = self.objective.noisy_input(x0, noise, t)
+        x0, x_t, model_t, cond = inputs["x0"], inputs["x_t"], inputs["model_t"], inputs["cond"]
         image = self.condition(x0)
-        image = torch.where(empty.to(device)[:, None, None, None], torch.zeros_like(image), image)
-        cond = conditioning_kwargs(self.base, labels if self.num_classes else None, drop.to(device))
-        down, mid = model(x_t, model_t.to(device), image, return_dict=False, **cond)
-        out = self.base(x_t.to(dtype), model_t.to(device), down_block_additional_residuals=[d.to(dtype) for d in down],
+        image = torch.where(empty.to(x0.device)[:, None, None, None], torch.zeros_like(image), image)
+        down, mid = model(x_t, model_t, image, return_dict=False, **cond)
+        dtype = self.base.dtype
+        out = self.base(x_t.to(dtype), model_t, down_block_additional_residuals=[d.to(dtype) for d in down],
                         mid_block_additional_residual=mid.to(dtype), **cond).sample
-        return self.objective.loss(out, x0, noise, x_t, t).mean()
+        return self.objective.loss(out, x0, inputs["noise"], x_t, inputs["t"]).mean()
 
     def build_pipeline(self, model):
         base = self.base_pipeline

@@ -85,18 +85,25 @@ class DenoiseTask(TrainingTask):
             return torch.zeros(batch_size, dtype=torch.bool)
         return draws.rand() < self.dropout_prob
 
-    def loss(self, model, batch, draws: Draws):
+    def draw_inputs(self, batch, draws: Draws, conditioned=None) -> dict:
+        """The noisy input of one micro batch: x0, noise, t, x_t, model_t and the conditioning keywords.
+
+        Draws in a fixed order (flip, noise, t, label drop) so tasks built on this one replay the same way.
+        `conditioned` is the model whose config the keywords are for (default: the trained one's).
+        """
         x0, labels = batch
         x0 = self.augment(x0, draws)
-        noise = draws.randn(*x0.shape[1:])
-        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator))
-        drop = self.label_drop(draws, len(x0))
-        device = x0.device
-        noise, t = noise.to(device), t.to(device)
+        noise = draws.randn(*x0.shape[1:]).to(x0.device)
+        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator)).to(x0.device)
+        drop = self.label_drop(draws, len(x0)).to(x0.device)
         x_t, model_t = self.objective.noisy_input(x0, noise, t)
-        cond = conditioning_kwargs(model_config_holder(model), labels if self.num_classes else None, drop.to(device))
-        out = model(x_t, model_t.to(device), **cond).sample
-        return self.objective.loss(out, x0, noise, x_t, t).mean()
+        cond = conditioning_kwargs(conditioned, labels if self.num_classes else None, drop)
+        return {"x0": x0, "noise": noise, "t": t, "x_t": x_t, "model_t": model_t.to(x0.device), "cond": cond}
+
+    def loss(self, model, batch, draws: Draws):
+        inputs = self.draw_inputs(batch, draws, model_config_holder(model))
+        out = model(inputs["x_t"], inputs["model_t"], **inputs["cond"]).sample
+        return self.objective.loss(out, inputs["x0"], inputs["noise"], inputs["x_t"], inputs["t"]).mean()
 
     def build_pipeline(self, model):
         return build_pipeline(model, self.objective, self.config)
