@@ -11,7 +11,7 @@ COMMANDS = {
     "train": ("convdiff.training", "train_main", "train any registered backbone (run under accelerate launch)"),
     "sample": ("convdiff.sampling", "sample_main", "sample a grid or an ADM-format .npz from a pipeline folder or a registry model"),
     "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
-    "convert": ("convdiff.convert", "convert_main", "convert an official DiC / DiCo .pt checkpoint into a convdiff folder"),
+    "convert": ("convdiff.convert", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
     "bench": ("convdiff.bench", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
