@@ -521,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     families = sorted(n for n, (c, _) in MODELS.items() if c in FAMILY_CLASSES.values())
     parser = argparse.ArgumentParser(
         prog="convdiff convert",
-        description="Convert an official DiC / DiCo training checkpoint (.pt) or DiffiT checkpoint (.safetensors) into a diffusers model folder (safetensors).",
+        description="Convert an official DiC / DiCo training checkpoint (.pt) or DiffiT checkpoint (.safetensors) "
+                    "into a diffusers model folder (safetensors).",
     )
     parser.add_argument("--checkpoint", required=True, help="official .pt file (or a .safetensors state dict)")
     parser.add_argument("--model", default="dico-xl", help=f"registry name of the architecture: {', '.join(families)} (default: dico-xl)")
