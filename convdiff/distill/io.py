@@ -9,7 +9,6 @@ diffusers' own `from_pretrained` of the base class would silently drop the stude
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .convert import conversion_of, convert_self_attention, student_modules, student_state_dict
