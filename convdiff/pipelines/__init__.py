@@ -16,3 +16,8 @@ from .layered import LayeredTextToImagePipeline  # noqa: E402
 from .layered_scheduler import LayeredScheduler  # noqa: E402
 
 __all__ += ["LayeredTextToImagePipeline", "LayeredScheduler"]
+
+from .video import FourDPipeline, VideoPipeline  # noqa: E402
+from .video_export import export_to_video, grid_4d  # noqa: E402
+
+__all__ += ["FourDPipeline", "VideoPipeline", "export_to_video", "grid_4d"]
