@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -48,11 +48,14 @@ def has_accelerator() -> bool:
 
 def train(config: TrainConfig):
     output_dir = Path(config.output_dir)
+    task = make_task(config)
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)
     accelerator = Accelerator(
         cpu=not has_accelerator(),  # so `--multi_gpu --num_processes N` gives real gloo DDP on a CPU machine
         mixed_precision=config.mixed_precision,
         log_with=config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        kwargs_handlers=[ddp_kwargs],
     )
     _setup_logging(accelerator.is_local_main_process)
     procs, accum = accelerator.num_processes, config.gradient_accumulation_steps
@@ -61,7 +64,6 @@ def train(config: TrainConfig):
                          f"steps = {procs} x {accum}.")
     micro_batch = config.train_batch_size // accum
 
-    task = make_task(config)
     dataset = task.build_dataset()
     torch.manual_seed(config.seed)  # model init
     model = task.build_model(dataset)

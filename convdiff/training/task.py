@@ -41,6 +41,8 @@ class TrainingTask:
     """Base class of every task; subclasses fill in build_model, loss and build_pipeline."""
 
     name = "task"
+    # DDP must be told when some parameters can go unused in a step (e.g. temporal layers on single-frame data).
+    find_unused_parameters = False
 
     def __init__(self, config):
         self.config = config

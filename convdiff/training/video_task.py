@@ -51,6 +51,9 @@ def load_base_transformer(folder):
 
 class VideoTask(DenoiseTask):
     name = "video"
+    # Temporal layers skip single-frame grids and view layers single-view ones (V=1 / T=1 data), so under DDP
+    # some parameters may get no gradient in a step.
+    find_unused_parameters = True
 
     def __init__(self, config):
         super().__init__(config)
