@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from ..training.denoise_task import DenoiseTask, check_model_fits_data, model_config_holder
-from ..training.labels import conditioning_kwargs
 from ..training.objectives import make_objective
 from ..training.task import Draws
 from .convert import convert_self_attention
@@ -109,13 +108,8 @@ class DistillTask(DenoiseTask):
 
     def loss_terms(self, model, batch, draws: Draws):
         """(total, {"noise", "teacher", "feature"}) of one micro batch, drawn exactly as the denoise task draws."""
-        x0, labels = batch
-        x0 = self.augment(x0, draws)
-        noise = draws.randn(*x0.shape[1:]).to(x0.device)
-        t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator)).to(x0.device)
-        drop = self.label_drop(draws, len(x0)).to(x0.device)
-        x_t, model_t = self.objective.noisy_input(x0, noise, t)
-        cond = conditioning_kwargs(model_config_holder(model), labels if self.num_classes else None, drop)
+        inputs = self.draw_inputs(batch, draws, model_config_holder(model))
+        x0, noise, t, x_t, model_t, cond = (inputs[k] for k in ("x0", "noise", "t", "x_t", "model_t", "cond"))
         student, teacher, student_features, teacher_features = self.distill(model, x_t, model_t, **cond)
         diffusion = self.objective.loss(student, x0, noise, x_t, t).mean()
         return distillation_loss(diffusion, student, teacher, student_features, teacher_features, **self.weights)
