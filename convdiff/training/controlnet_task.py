@@ -88,9 +88,7 @@ class ControlNetTask(DenoiseTask):
         return self.objective.loss(out, x0, inputs["noise"], x_t, inputs["t"]).mean()
 
     def build_pipeline(self, model):
-        base = self.base_pipeline
-        return ControlNetPipeline(transformer=self.base, controlnet=model, scheduler=base.scheduler, vae=base.vae,
-                                  id2label=base.config.get("id2label"))
+        return ControlNetPipeline.from_base(self.base_pipeline, model)
 
     def save_samples(self, pipeline, path) -> None:
         """Pairs (condition | controlled sample) for preview digits of the data, side by side."""
