@@ -21,6 +21,7 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .inputs import stage_conditions
+from .memory_format import like_caller, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ def controlled_forward(model, hidden_states, timestep, class_labels, force_drop_
                        down_block_additional_residuals, mid_block_additional_residual):
     """The forward of a stage-conditioned hourglass (DiC, DiCo): `_encode`, the residuals, `_decode`."""
     conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
-    skips, x = model._encode(hidden_states, conds)
+    skips, x = model._encode(to_channels_last(hidden_states), conds)  # memory_format.py: NHWC inside
     skips, x = add_control_residuals(skips, x, down_block_additional_residuals, mid_block_additional_residual,
                                      type(model).__name__)
-    out = model._decode(x, skips, conds)
+    out = like_caller(model._decode(x, skips, conds), hidden_states)
     if not return_dict:
         return (out,)
     return Transformer2DModelOutput(sample=out)

@@ -28,6 +28,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .memory_format import restore_channels_last
+
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
 
 
@@ -141,6 +143,10 @@ class ControlNet(ModelMixin, ConfigMixin):
                                                                conditioning_downscale * points.stem_factor)
         self.controlnet_down_blocks = nn.ModuleList([zero_conv(c, c) for c, _ in points.down])
         self.controlnet_mid_block = zero_conv(points.mid[0], points.mid[0])
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        return restore_channels_last(super().from_pretrained(*args, **kwargs))
 
     @classmethod
     def from_backbone(cls, model, conditioning_channels: int = 3, conditioning_embedding_channels=None,

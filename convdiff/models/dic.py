@@ -21,6 +21,7 @@ from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
+from .memory_format import ChannelsLastMixin
 from .inputs import check_prediction_type, resolve_out_channels
 
 
@@ -54,7 +55,7 @@ def skip_targets(depth: int, skip_stride: int):
     return [j for j in range(depth) if j % skip_stride == 0]
 
 
-class DiCModel(ModelMixin, ConfigMixin):
+class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCBlock"]
     _repeated_blocks = ["DiCBlock"]
@@ -115,6 +116,7 @@ class DiCModel(ModelMixin, ConfigMixin):
         self.decoder_condition_index = list(range(levels - 2, 0, -1)) + [mult[:levels].index(mult[-1])]
         self.gradient_checkpointing = False
         init_like_official(self)
+        self.use_channels_last()
 
     def _block(self, block, x, cond):
         if torch.is_grad_enabled() and self.gradient_checkpointing:

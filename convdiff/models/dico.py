@@ -18,6 +18,7 @@ from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
+from .memory_format import ChannelsLastMixin
 from .inputs import check_prediction_type, resolve_out_channels
 
 
@@ -45,7 +46,7 @@ class DiCoBlock(nn.Module):
         return x + gate(h, gate2)
 
 
-class DiCoModel(ModelMixin, ConfigMixin):
+class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCoBlock"]
     _repeated_blocks = ["DiCoBlock"]
@@ -93,6 +94,7 @@ class DiCoModel(ModelMixin, ConfigMixin):
         self.head = ModulatedConvHead(2 * h, expected_out, 2 * h)
         self.gradient_checkpointing = False
         init_like_official(self)
+        self.use_channels_last()
 
     def _stage(self, blocks, x, cond):
         for block in blocks:

@@ -52,6 +52,7 @@ from ..nn.spatiotemporal import (
 )
 from ..nn.view_time_attention import FusedViewTimeAttention
 from .inputs import broadcast_timesteps
+from .memory_format import restore_channels_last
 
 TEMPORAL_KINDS = ("p3d", "attention")
 VIEW_KINDS = ("attention", "two-stream", "fused")
@@ -332,7 +333,7 @@ class _InflatedModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        model = restore_channels_last(super().from_pretrained(*args, **kwargs))
         model.freeze_spatial_layers(model.config.freeze_spatial)  # loading rebuilds the parameters
         return model
 
