@@ -154,6 +154,7 @@ def compute_fid(
     protocol_extra: dict | None = None,
     method: str = "eigh",
     progress: bool = True,
+    warn_rank_deficient: bool = True,
 ) -> FIDResult:
     """FID between two sources (folder, ADM ``.npz``, stats ``.npz``, uint8 images, ``Moments``).
 
@@ -161,7 +162,7 @@ def compute_fid(
     available, else CPU), built only when a side holds images. ``sampler``/``steps``/``guidance``/
     ``protocol_extra`` (e.g. ``{"ema": True, "vae": "ema"}``) are recorded in ``result.protocol``. Warns
     (``RankDeficientWarning``) when a side has N <= 2048 images, and when a statistics file was computed with
-    another or an unrecorded extractor."""
+    another or an unrecorded extractor (``warn_rank_deficient=False``: callers that say it in their protocol)."""
     src_a, src_b = open_source(source_a), open_source(source_b)
     needs_images = any(not isinstance(s, (Moments, _StatsSource)) for s in (src_a, src_b))
     if extractor is None and needs_images:
@@ -169,7 +170,8 @@ def compute_fid(
     mom_a, desc_a, proto_a = _side_moments(src_a, extractor, batch_size, progress, save_stats_a, "A")
     mom_b, desc_b, proto_b = _side_moments(src_b, extractor, batch_size, progress, save_stats_b, "B")
     for m, name in ((mom_a, "A"), (mom_b, "B")):
-        warn_if_rank_deficient(m.n, m.dim, name, stacklevel=3)
+        if warn_rank_deficient:
+            warn_if_rank_deficient(m.n, m.dim, name, stacklevel=3)
 
     if extractor is not None:
         extractor_desc = extractor.protocol
