@@ -130,15 +130,99 @@ def test_checkpoint_selection_rules():
         select_state_dict({"weights": sd, "step": 3})
 
 
-def test_args_needing_full_unpickling(tmp_path):
+def test_args_needing_full_unpickling_only_with_trust_pickle(tmp_path):
     path = tmp_path / "odd_args.pt"
     ema = random_official("dic-tiny")
     torch.save({"ema": ema, "args": argparse.Namespace(results_dir=pathlib.PurePosixPath("/results"))}, path)
     with pytest.raises(ValueError, match="weights_only=True"):
-        convert_official_checkpoint(path, "dic-tiny", allow_pickle=False)
+        convert_official_checkpoint(path, "dic-tiny")  # no automatic fallback
     with pytest.warns(UserWarning, match="weights_only=False"):
-        model = convert_official_checkpoint(path, "dic-tiny")
+        model = convert_official_checkpoint(path, "dic-tiny", trust_pickle=True)
     assert torch.equal(model.output_conv.weight, ema["output.weight"])
+
+
+class _RunsCode:
+    """Unpickling this calls `function(*args)`: what a malicious checkpoint does."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def _payloads(marker):
+    import os
+    import subprocess
+
+    touch = f"open({str(marker)!r}, 'w').write('pwned')"
+    return {"subprocess": _RunsCode(subprocess.call, [sys.executable, "-c", touch]),
+            "exec": _RunsCode(exec, touch),
+            "os.system": _RunsCode(os.system, f"{sys.executable} -c \"{touch}\"")}
+
+
+@pytest.mark.parametrize("kind", ["subprocess", "exec", "os.system"])
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_malicious_checkpoints_are_refused_and_run_no_code(tmp_path, kind, writer, capsys):
+    import pickle
+
+    marker = tmp_path / "marker"
+    payload = {"ema": random_official("dic-tiny"), "args": _payloads(marker)[kind]}
+    path = tmp_path / "evil.pt"
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ValueError) as info:
+        convert_official_checkpoint(path, "dic-tiny")
+    assert str(path) in str(info.value)
+    argv = ["--checkpoint", str(path), "--model", "dic-tiny", "--output", str(tmp_path / "out")]
+    assert convert_main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("convdiff convert: error: ") and len(error.strip().splitlines()) == 1
+    if writer == "torch.save":
+        assert "--trust-pickle" in error and "weights_only=True" in error
+    assert not marker.exists(), "code from the checkpoint ran"
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_safetensors_is_one_clear_error(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "diffit.safetensors"
+    save_file(random_official("dic-tiny"), str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert convert_main(["--checkpoint", str(path), "--model", "dic-tiny", "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(path) in error and "truncated" in error
+
+
+def test_converted_folder_has_normal_permissions_and_failed_writes_leave_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+    import stat
+
+    official = random_official("dic-tiny")
+    out = convert_official_to_folder_from_dict(official, tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    before = sorted(p.name for p in out.iterdir())
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DiCModel, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        convert_official_to_folder_from_dict(official, out, overwrite=True)
+    assert str(out) in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == before and not leftovers(tmp_path)
+
+
+def convert_official_to_folder_from_dict(official, output_dir, overwrite=False):
+    from convdiff.convert.official import save_folder_atomically
+
+    return save_folder_atomically(convert_official_checkpoint(official, "dic-tiny"), output_dir, overwrite=overwrite)
 
 
 def test_unreadable_file(tmp_path):

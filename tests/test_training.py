@@ -282,3 +282,183 @@ def test_draws_slice_the_global_batch_per_process():
     b = torch.cat([d.randn(3) for d in halves])
     assert torch.equal(a, b)
     assert torch.equal(whole.rand(), torch.cat([d.rand() for d in halves]))
+
+
+FAST = [*TINY, "max_train_steps=2", "checkpointing_steps=2", "sample_num_inference_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-step run with checkpoints 1 and 2; tests work on copies of it."""
+    from convdiff.training import train_main
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train_main([*FAST, "checkpointing_steps=1", f"output_dir={out}"])
+    return out
+
+
+def copy_run(finished_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_run_and_overwrite_clears_it(finished_run, tmp_path):
+    from convdiff.training import train_main
+
+    out = copy_run(finished_run, tmp_path)
+    (out / "notes.txt").write_text("mine")  # not the run's: overwrite must keep it
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for bad in (["max_train_steps=3"], ["max_train_steps=0"]):
+        with pytest.raises((FileExistsError, ValueError)) as info:
+            train_main([*FAST, *bad, f"output_dir={out}"])
+        if bad == ["max_train_steps=3"]:
+            assert "--resume latest" in str(info.value) and "--overwrite" in str(info.value)
+        else:
+            assert "max_train_steps must be an integer >= 1, got 0" in str(info.value)
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before, "the earlier run was touched"
+    train_main(["--overwrite", *FAST, "max_train_steps=1", "checkpointing_steps=1", f"output_dir={out}"])
+    assert [s for s, _ in list_checkpoints(out)] == [1] and (out / "notes.txt").read_text() == "mine"
+    assert load_config(None, ["overwrite=true"]).overwrite is True
+
+
+def test_resume_reads_ema_weights_only_and_overrides_go_anywhere(finished_run, tmp_path, monkeypatch):
+    from convdiff.training import train_main
+
+    out = copy_run(finished_run, tmp_path)
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "ema_state.pt").exists() and not list(ckpt.glob("custom_checkpoint_*"))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
+    # overrides before and after --resume (argparse used to refuse the ones after it)
+    train_main(["max_train_steps=3", "--resume", "latest", *FAST, "max_train_steps=3", "checkpointing_steps=1",
+                f"output_dir={out}"])
+    assert loads and all(loads), "a checkpoint file was unpickled without weights_only=True"
+    assert [s for s, _ in list_checkpoints(out)][-1] == 3
+
+
+def test_resume_refuses_a_malicious_ema_file_and_names_a_damaged_one(finished_run, tmp_path):
+    from convdiff.training import train_main
+
+    out = copy_run(finished_run, tmp_path)
+    ckpt, marker = out / "checkpoint-2", tmp_path / "marker"
+
+    class RunsCode:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w')",)
+
+    good = (ckpt / "ema_state.pt").read_bytes()
+    torch.save({"shadow_params": RunsCode()}, ckpt / "ema_state.pt")
+    resume = [*FAST[:-2], "max_train_steps=3", "checkpointing_steps=0", "resume_from_checkpoint=latest", f"output_dir={out}"]
+    with pytest.raises(ValueError, match="ema_state.pt holds Python objects"):
+        train_main(resume)
+    assert not marker.exists()
+    (ckpt / "ema_state.pt").write_bytes(good)
+    model_file = ckpt / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"model\.safetensors is damaged or truncated"):
+        train_main(resume)
+
+
+class _FakeAccelerator:
+    """What save_checkpoint uses of an Accelerator; `fail` makes save_state run out of disk halfway."""
+
+    is_main_process = True
+
+    def __init__(self, fail=None):
+        self.fail = fail
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        if self.fail is not None:
+            raise self.fail
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64"),
+                                   PermissionError(13, "Permission denied")])
+def test_failed_checkpoint_write_is_one_clear_error_and_keeps_the_previous_latest(tmp_path, error):
+    from convdiff.training.checkpoints import save_checkpoint
+
+    save_checkpoint(_FakeAccelerator(), tmp_path, 2, total_limit=1)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(_FakeAccelerator(error), tmp_path, 4, total_limit=1)
+    message = str(info.value)
+    assert str(tmp_path / "checkpoint-4") in message and "checkpoint-2" in message
+    assert ("No space left" in message or "Permission denied" in message or "unexpected pos" in message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-2"
+
+
+def test_failed_pipeline_write_leaves_the_previous_pipeline(tmp_path):
+    import errno
+
+    from convdiff.training.loop import _save_atomically
+
+    class Pipeline:
+        def __init__(self, text, fail=False):
+            self.text, self.fail = text, fail
+
+        def save_pretrained(self, folder):
+            (Path(folder) / "model_index.json").write_text(self.text)
+            if self.fail:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "pipeline"
+    _save_atomically(Pipeline("old"), target)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        _save_atomically(Pipeline("new", fail=True), target)
+    assert str(target) in str(info.value)
+    assert (target / "model_index.json").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["pipeline"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=abc", "learning_rate must be a number > 0, got 'abc'"),
+    ("max_train_steps=twenty", "max_train_steps must be an integer >= 1, got 'twenty'"),
+    ("max_train_steps=-3", "max_train_steps must be an integer >= 1, got -3"),
+    ("train_batch_size=0", "train_batch_size must be an integer >= 1, got 0"),
+    ("train_batch_size=-8", "train_batch_size must be an integer >= 1, got -8"),
+    ("label_dropout=1.5", "label_dropout must be a probability in [0, 1] or null, got 1.5"),
+    ("ema_decay=2", "ema_decay must be a number in [0, 1], got 2"),
+    ("use_ema=maybe", "use_ema must be true or false, got 'maybe'"),
+    ("logging_steps=0", "logging_steps must be an integer >= 1, got 0"),
+    ("objective=eps", "objective must be one of epsilon, v_prediction, flow, got 'eps'. Did you mean epsilon?"),
+    ("lr_scheduler=cosin", "lr_scheduler must be one of"),
+    ("mixed_precision=fp8", "mixed_precision must be one of no, bf16, fp16, got 'fp8'"),
+    ("data=mnst", "data must be one of mnist, image_folder, latents, got 'mnst'"),
+    ("gradient_accumulation_steps=3", "train_batch_size=8 must be divisible by gradient_accumulation_steps=3"),
+    ("model_overrides.hiden_size=8", "model_overrides.hiden_size is not a setting of DiCModel (model='dic-tiny'). "
+                                     "Did you mean hidden_size?"),
+])
+def test_config_values_are_checked_with_the_key_value_and_expectation(tmp_path, override, message):
+    from convdiff.training import train_main
+
+    with pytest.raises(ValueError) as info:
+        train_main([*TINY, override, f"output_dir={tmp_path / 'run'}"])
+    assert message in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_types_are_checked_from_the_annotations_and_numbers_are_read():
+    import dataclasses
+
+    from convdiff.training.config import TrainConfig, check_config
+
+    config = load_config(None, ["learning_rate=1e-4", "max_train_steps=1e3", "adam_weight_decay=0"])
+    assert config.learning_rate == 1e-4 and config.max_train_steps == 1000 and isinstance(config.adam_weight_decay, float)
+
+    @dataclasses.dataclass
+    class Extended(TrainConfig):  # a key added later is checked without being listed anywhere
+        compile: bool = False
+
+    with pytest.raises(ValueError, match="compile must be true or false, got 'yes please'"):
+        Extended(compile="yes please")
+    config = TrainConfig()
+    config.checkpoints_total_limit = 0
+    with pytest.raises(ValueError, match="checkpoints_total_limit must be an integer >= 1 or null"):
+        check_config(config)

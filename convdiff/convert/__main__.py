@@ -2,6 +2,6 @@
 
 import sys
 
-from .official import convert_main
+from .main import convert_main
 
 sys.exit(convert_main())

@@ -23,10 +23,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import sys
-import tempfile
-import uuid
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -34,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import UnsafePickleError, first_line, load_weights_only, replace_folder
 from ..models.dic import DiCModel
 from ..models.dico import DiCoModel
 from ..registry import MODELS, model_spec, normalize_name
@@ -189,12 +186,18 @@ def official_shapes(model: torch.nn.Module) -> dict:
 # Reading checkpoints
 # --------------------------------------------------------------------------------------------------------
 
-def load_official_checkpoint(path, allow_pickle: bool = True):
-    """Read an official `.pt` (or a `.safetensors` state dict) onto the CPU.
+# The only Python object an official DiC / DiCo training checkpoint holds besides tensors and plain containers:
+# the trainer's argparse.Namespace under "args" (their train.py saves `{"model", "ema", "opt", "args"}`).
+SAFE_GLOBALS = (argparse.Namespace,)
 
-    `torch.load(weights_only=True)` is tried first, with `argparse.Namespace` allowed (the official trainers
-    pickle their args). Only if that still fails -- the args hold some other Python object -- does it fall
-    back to full unpickling, which runs code from the file: trust the source, or pass allow_pickle=False.
+
+def load_official_checkpoint(path, trust_pickle: bool = False):
+    """Read an official `.pt` (or a `.safetensors` state dict) onto the CPU, never running code from it.
+
+    `.pt` files are read with `torch.load(weights_only=True)`, allowing `argparse.Namespace` (SAFE_GLOBALS)
+    besides tensors. A file that needs any other Python object is refused with a ValueError: unpickling it
+    could run arbitrary code. Only `trust_pickle=True` (CLI: `--trust-pickle`) unpickles such a file fully,
+    for files from a source you trust; there is no automatic fallback.
     """
     path = Path(path)
     if not path.is_file():
@@ -202,30 +205,25 @@ def load_official_checkpoint(path, allow_pickle: bool = True):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # noqa: BLE001  (safetensors raises its own error type for every defect)
+            raise ValueError(f"{path} is not a readable .safetensors file, damaged or truncated "
+                             f"({first_line(error)}).") from error
     # Memory-map (zip-format files): the "opt" and "model" entries of a training checkpoint are never read.
     mmap = zipfile.is_zipfile(path)
+    if not trust_pickle:
+        try:
+            return load_weights_only(path, safe_globals=SAFE_GLOBALS, mmap=mmap)
+        except UnsafePickleError as error:
+            raise UnsafePickleError(f"{error} Refusing to load it. If you trust where the file comes from, rerun "
+                                    "with trust_pickle=True (CLI: --trust-pickle), which runs whatever code it holds.") from error
+    warnings.warn(f"trust_pickle=True: unpickling {path} fully (torch.load(weights_only=False)), which runs any code "
+                  "it holds; only do this with files you trust.", stacklevel=2)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        # Fall back only when the weights-only unpickler refused a Python object (e.g. in the pickled args).
-        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), None)
-        if reason is None:
-            raise ValueError(f"{path} is not a readable torch checkpoint (not a torch.save file, or damaged).") from error
-        if not allow_pickle:
-            raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) ({reason}); "
-                             "rerun with allow_pickle=True (CLI: without --weights-only) if you trust the file.") from error
-    except (RuntimeError, EOFError, OSError) as error:  # truncated, or not a torch file at all
-        raise ValueError(f"{path} is not a readable torch checkpoint ({_first_line(error)}).") from error
-    warnings.warn(f"{path} needs full unpickling (torch.load(weights_only=False)); only do this with files you trust.",
-                  stacklevel=2)
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({first_line(error)}).") from error
 
 
 def _is_state_dict(obj) -> bool:
@@ -431,7 +429,7 @@ def _fit_error(name, cls, config, official: Mapping, expected: Mapping, unexpect
 # --------------------------------------------------------------------------------------------------------
 
 def convert_official_checkpoint(checkpoint, model_name_or_config="dico-xl", use_ema: bool = True,
-                                allow_pickle: bool = True, torch_dtype: torch.dtype = torch.float32, **config_overrides):
+                                trust_pickle: bool = False, torch_dtype: torch.dtype = torch.float32, **config_overrides):
     """An official DiC/DiCo checkpoint as a convdiff model (eval mode, on the CPU).
 
     checkpoint: a path to the official `.pt` (or a `.safetensors` state dict), a loaded checkpoint dict
@@ -446,7 +444,7 @@ def convert_official_checkpoint(checkpoint, model_name_or_config="dico-xl", use_
     family = family_of(cls)
     from_file = isinstance(checkpoint, (str, os.PathLike))
     if from_file:
-        checkpoint = load_official_checkpoint(checkpoint, allow_pickle=allow_pickle)
+        checkpoint = load_official_checkpoint(checkpoint, trust_pickle=trust_pickle)
     _, state_dict = select_state_dict(checkpoint, use_ema=use_ema)
     official = strip_prefixes(state_dict)
     official = STATE_DICT_PREPARERS.get(family, dict)(official)
@@ -475,86 +473,28 @@ def _check_target(output_dir: Path, overwrite: bool) -> None:
 
 
 def save_folder_atomically(model, output_dir, overwrite: bool = False) -> Path:
-    """`save_pretrained` (safetensors) into a temporary folder beside `output_dir`, then rename it into place.
-
-    On any failure the target is left exactly as it was and the temporary folder is removed.
+    """`save_pretrained` (safetensors) into a hidden partial folder beside `output_dir`, fsynced, then renamed
+    into place (convdiff/files.py). On any failure the target is left exactly as it was and the partial folder
+    is removed; a failed write (disk full, no permission) raises one OSError naming the folder and the cause.
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
-    backup = None
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        _check_target(output_dir, overwrite)  # it may have appeared meanwhile
-        if output_dir.exists():
-            backup = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(output_dir, backup)
-        try:
-            os.replace(tmp, output_dir)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, output_dir)
-                backup = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-    return output_dir
+    # it may have appeared meanwhile: checked again just before the swap
+    return replace_folder(output_dir, lambda folder: model.save_pretrained(folder, safe_serialization=True),
+                          check=lambda: _check_target(output_dir, overwrite))
 
 
 def convert_official_to_folder(path, output_dir, model="dico-xl", use_ema: bool = True, overwrite: bool = False,
-                               allow_pickle: bool = True, **config_overrides) -> Path:
+                               trust_pickle: bool = False, **config_overrides) -> Path:
     """Convert an official `.pt` into a diffusers model folder (config.json + safetensors) at `output_dir`.
 
     The folder is written atomically; an existing non-empty folder is only replaced with overwrite=True.
     Load it with `DiCoModel.from_pretrained(output_dir)` / `DiCModel.from_pretrained(output_dir)`.
     """
     _check_target(Path(output_dir), overwrite)  # fail before the (slow) load
-    converted = convert_official_checkpoint(path, model, use_ema=use_ema, allow_pickle=allow_pickle, **config_overrides)
+    converted = convert_official_checkpoint(path, model, use_ema=use_ema, trust_pickle=trust_pickle, **config_overrides)
     return save_folder_atomically(converted, output_dir, overwrite=overwrite)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    families = sorted(n for n, (c, _) in MODELS.items() if c in FAMILY_CLASSES.values())
-    parser = argparse.ArgumentParser(
-        prog="convdiff convert",
-        description="Convert an official DiC / DiCo training checkpoint (.pt) or DiffiT checkpoint (.safetensors) "
-                    "into a diffusers model folder (safetensors).",
-    )
-    parser.add_argument("--checkpoint", required=True, help="official .pt file (or a .safetensors state dict)")
-    parser.add_argument("--model", default="dico-xl", help=f"registry name of the architecture: {', '.join(families)} (default: dico-xl)")
-    parser.add_argument("--output", required=True, help="folder to write (config.json + diffusion_pytorch_model.safetensors)")
-    parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of a training checkpoint (default: ema)")
-    parser.add_argument("--sample-size", type=int, default=None, help="latent size to record in the config (e.g. 64 for a 512px model)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="other config override, value as JSON (e.g. --set num_classes=10); repeatable")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--weights-only", action="store_true",
-                        help="never fall back to full unpickling (torch.load(weights_only=False)) for files that need it")
-    return parser
-
-
-def convert_main(argv=None) -> int:
-    """`convdiff convert` / `python -m convdiff.convert`: returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = {} if args.sample_size is None else {"sample_size": args.sample_size}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    try:
-        out = convert_official_to_folder(args.checkpoint, args.output, model=args.model, use_ema=args.weights == "ema",
-                                         overwrite=args.overwrite, allow_pickle=not args.weights_only, **overrides)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"convdiff convert: error: {error}", file=sys.stderr)
-        return 2
-    print(f"Converted {args.checkpoint} to {out} as {normalize_name(args.model)}.")
-    return 0
+# Importing this module registers every family, wherever it is imported from.
+from . import diffit  # noqa: E402, F401

@@ -11,12 +11,19 @@ def train_main(argv=None):
         description="Train any registered backbone. Run under `accelerate launch` for several processes.",
     )
     parser.add_argument("--config", help="a YAML recipe from configs/ (keys: see convdiff/training/config.py)")
-    parser.add_argument("--resume", dest="resume", help="'latest' or a checkpoint-<step> folder to continue from")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_train_steps=200 model_overrides.hidden_size=64")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resume", dest="resume", metavar="latest|FOLDER",
+                        help="continue the run in output_dir: 'latest' or a checkpoint-<step> folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that holds an earlier run, removing that run first")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, anywhere after the command, e.g. max_train_steps=200 "
+                             "model_overrides.hidden_size=64")
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"resume_from_checkpoint={args.resume}")
+    if args.overwrite:
+        overrides.append("overwrite=true")
     config = load_config(args.config, overrides)
     from .loop import train
 

@@ -2,13 +2,23 @@
 
 `accelerator.save_state` writes into a hidden `.checkpoint-<step>.partial` folder that is renamed only once
 complete, so a run killed mid-save leaves the previous checkpoints intact and `latest` never points at a
-partial one. Old checkpoints are pruned only after the new one is in place.
+partial one. Every file is fsynced before the rename; a save that fails (disk full, no permission) removes
+its partial folder and raises one OSError naming the folder and the cause, so the previous checkpoint stays
+`latest`. Old checkpoints are pruned only after the new one is in place.
+
+Everything in a checkpoint is read back with `torch.load(weights_only=True)` or as safetensors: the EMA
+weights are saved by a save-state hook as `ema_state.pt` rather than through accelerate's custom-object
+state, which accelerate reloads with full unpickling (code from the file would run).
 """
 
 import json
 import re
 import shutil
 from pathlib import Path
+
+from ..files import first_line, fsync_dir, fsync_tree, is_write_failure, load_weights_only, swap_into_place, write_failure
+
+EMA_FILE = "ema_state.pt"
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -38,6 +48,47 @@ def resolve_resume(output_dir, resume):
     return path
 
 
+# What a run writes into its output folder (besides checkpoint-<step> folders and their hidden partials).
+RUN_FILES = ("train_config.yaml", "pipeline", ".pipeline.partial", ".pipeline.old", "samples", "logs")
+
+
+def earlier_run(output_dir) -> list:
+    """The traces of an earlier run in `output_dir`: its checkpoints, train_config.yaml or pipeline."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    marks = [p for _, p in list_checkpoints(root)]
+    marks += [root / name for name in ("train_config.yaml", "pipeline") if (root / name).exists()]
+    return marks
+
+
+def claim_run_folder(output_dir, resume, overwrite: bool) -> list:
+    """Check that a run may write into `output_dir`; returns the earlier run's files that overwrite will clear.
+
+    A folder belongs to one run: a fresh run (no resume) into a folder holding an earlier run's checkpoints,
+    config or pipeline is refused before anything is written, unless overwrite=True.
+    """
+    if resume is not None:
+        return []  # continuing the run this folder holds
+    found = earlier_run(output_dir)
+    if found and not overwrite:
+        shown = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{output_dir} already holds an earlier run ({shown}). Continue it with --resume latest "
+                              "(resume_from_checkpoint=latest), replace it with --overwrite (overwrite=true), or "
+                              "choose another output_dir.")
+    return found
+
+
+def clear_run_folder(output_dir) -> None:
+    """Remove everything a run writes into `output_dir` (and nothing else that may live there)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name in RUN_FILES or PATTERN.match(path.name) or re.match(r"^\.checkpoint-\d+\.(partial|old)$", path.name):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def read_step(checkpoint) -> int:
     return json.loads((Path(checkpoint) / "training_state.json").read_text())["global_step"]
 
@@ -50,18 +101,63 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
+            fsync_tree(partial)
+    except BaseException as error:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        if is_write_failure(error):
+            previous = list_checkpoints(root)
+            kept = f"The latest checkpoint is still {previous[-1][1]}." if previous else "No checkpoint was kept."
+            raise write_failure(final, error, kept) from error
+        raise
     if accelerator.is_main_process:
-        (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
-        stale = root / f".checkpoint-{step}.old"
-        if final.exists():  # the same step saved again after a resume: swap, then drop the old copy
-            final.rename(stale)
-        partial.rename(final)
-        if stale.exists():
-            shutil.rmtree(stale)
+        swap_into_place(partial, final)  # the same step saved again after a resume replaces the old copy
         if total_limit is not None:
             for _, old in list_checkpoints(root)[:-total_limit]:
                 shutil.rmtree(old)
+        fsync_dir(root)
     accelerator.wait_for_everyone()
     return final
+
+
+def register_ema(accelerator, ema) -> None:
+    """Save the EMA weights into every checkpoint as `ema_state.pt` and read them back weights-only on resume."""
+
+    def save(models, weights, output_dir):
+        if accelerator.is_main_process:
+            import torch
+
+            torch.save(ema.state_dict(), Path(output_dir) / EMA_FILE)
+
+    def load(models, input_dir):
+        path = Path(input_dir) / EMA_FILE
+        if not path.is_file():
+            legacy = Path(input_dir) / "custom_checkpoint_0.pkl"
+            hint = (f" It has {legacy.name} from an older convdiff: rename it to {EMA_FILE} to resume from it."
+                    if legacy.is_file() else "")
+            raise FileNotFoundError(f"{input_dir} has no EMA weights ({EMA_FILE}); it was not written by a run with "
+                                    f"use_ema=true.{hint}")
+        device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
+        ema.load_state_dict(load_weights_only(path, map_location=device))
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def check_checkpoint(checkpoint) -> None:
+    """Fail with the file's name when a checkpoint's safetensors files are truncated or damaged, before loading."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001  (safetensors raises its own error type for every defect)
+            raise ValueError(f"{path} is damaged or truncated ({first_line(error)}); resume from another "
+                             f"checkpoint (resume_from_checkpoint=<folder>).") from error
+

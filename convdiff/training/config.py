@@ -1,11 +1,17 @@
 """Training recipes: a flat YAML file of known keys, plus `key=value` overrides from the command line.
 
 Every key lives in TrainConfig below with its default, so a typo is an error that names the close matches
-before any work starts.
+before any work starts. `check_config` is the one place values are validated: the type of every key (read
+from the annotations, so new keys are checked too), ranges (RANGES), known choices (choices()) and relations,
+each error naming the key, the value and what is expected.
 """
 
 import dataclasses
 import difflib
+import inspect
+import math
+import types
+import typing
 from pathlib import Path
 
 import yaml
@@ -41,6 +47,7 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the trained module (pays a one-off compile, then faster steps)
     label_dropout: float | None = None  # classifier-free label dropout; None = the model's own (0.1 in DiT/DiC/DiCo)
     use_ema: bool = True
     ema_decay: float = 0.9999
@@ -58,12 +65,159 @@ class TrainConfig:
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 1.0
     dataloader_num_workers: int = 0
+    # a fresh run into a folder that holds an earlier run: refused unless true, which clears that run first
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}.")
+        check_config(self)
+
+
+# Ranges: key -> (test on the typed value, what is expected). None passes wherever the annotation allows it.
+RANGES = {
+    "max_train_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "train_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "max_train_seconds": (lambda v: v >= 0, "a number >= 0 (seconds) or null"),
+    "learning_rate": (lambda v: v > 0, "a number > 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "adam_epsilon": (lambda v: v > 0, "a number > 0"),
+    "max_grad_norm": (lambda v: v > 0, "a number > 0 or null"),
+    "lr_warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "label_dropout": (lambda v: 0 <= v <= 1, "a probability in [0, 1] or null"),
+    "ema_decay": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "resolution": (lambda v: v >= 1, "an integer >= 1 (pixels) or null"),
+    "checkpointing_steps": (lambda v: v >= 0, "an integer >= 0 (0: no checkpoints)"),
+    "checkpoints_total_limit": (lambda v: v >= 1, "an integer >= 1 or null (keep all)"),
+    "logging_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "sample_steps": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    "sample_num_inference_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "dataloader_num_workers": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def choices() -> dict:
+    """key -> the values it may take (imported lazily: they live with the code that uses them)."""
+    from diffusers.optimization import SchedulerType
+
+    from ..pipelines.schedulers import DDPM_FAMILY, FLOW_FAMILY
+    from .data import DATA_KINDS
+    from .objectives import OBJECTIVES
+    from .tasks import TASKS
+
+    return {"task": list(TASKS), "objective": list(OBJECTIVES), "data": list(DATA_KINDS),
+            "lr_scheduler": [s.value for s in SchedulerType], "mixed_precision": ["no", "bf16", "fp16"],
+            "sample_scheduler": list(dict.fromkeys([*DDPM_FAMILY, *FLOW_FAMILY]))}
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+               list: "a list"}
+
+
+def _expected(annotation) -> str:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    base = typing.get_origin(annotation) or annotation
+    return _TYPE_NAMES.get(base, getattr(base, "__name__", str(base)))
+
+
+def coerce(value, annotation):
+    """`value` as the annotated type (an int for a float key, '1e-4' for a number, 2.0 for an integer);
+    raises TypeError when it is not one."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError
+    base = origin or annotation
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise TypeError from None
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
+            if base is float:
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
+    elif isinstance(base, type):
+        if isinstance(value, base):
+            return value
+    else:
+        return value  # an annotation this check does not understand: leave the value to its user
+    raise TypeError
+
+
+def check_config(config) -> None:
+    """Validate and normalise every key of a TrainConfig in place; one ValueError lists all problems."""
+    problems = []
+    for field in dataclasses.fields(config):
+        key, value = field.name, getattr(config, field.name)
+        test, expected = RANGES.get(key, (None, _expected(field.type)))
+        try:
+            value = coerce(value, field.type)
+        except TypeError:
+            problems.append(f"{key} must be {expected}, got {value!r}")
+            continue
+        if test is not None and value is not None and not test(value):
+            problems.append(f"{key} must be {expected}, got {value!r}")
+            continue
+        setattr(config, key, value)
+    if not problems:
+        for key, allowed in choices().items():
+            value = getattr(config, key)
+            if (value.lower() if key == "sample_scheduler" else value) not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=2)
+                hint = f". Did you mean {' or '.join(close)}?" if close else ""
+                problems.append(f"{key} must be one of {', '.join(allowed)}, got {value!r}{hint}")
+        if config.train_batch_size % config.gradient_accumulation_steps:
+            problems.append(f"train_batch_size={config.train_batch_size} must be divisible by "
+                            f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
+        problems += _model_override_problems(config)
+    if problems:
+        text = "; ".join(problems)
+        raise ValueError(f"Invalid training config: {text}" + ("" if text.endswith("?") else "."))
+
+
+def _model_override_problems(config) -> list:
+    """Keys of model_overrides that the model class does not take, with close matches."""
+    if not config.model_overrides:
+        return []
+    from ..registry import model_spec
+
+    cls, _ = model_spec(config.model)
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    known = [name for name in parameters if name != "self"]
+    problems = []
+    for key in config.model_overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f". Did you mean {', '.join(close)}?" if close else ""
+            problems.append(f"model_overrides.{key} is not a setting of {cls.__name__} (model={config.model!r}){hint}")
+    return problems
 
 
 def config_keys():

@@ -9,7 +9,6 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 import contextlib
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -20,9 +19,11 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..files import replace_folder
 from .batches import StreamBatchSampler, step_generator
-from .checkpoints import read_step, resolve_resume, save_checkpoint
-from .config import TrainConfig, save_config
+from .checkpoints import (check_checkpoint, claim_run_folder, clear_run_folder, read_step, register_ema, resolve_resume,
+                          save_checkpoint)
+from .config import TrainConfig, check_config, save_config
 from .task import Draws
 from .tasks import make_task
 
@@ -47,7 +48,9 @@ def has_accelerator() -> bool:
 
 
 def train(config: TrainConfig):
+    check_config(config)  # again: the config may have been changed since it was built
     output_dir = Path(config.output_dir)
+    earlier = claim_run_folder(output_dir, config.resume_from_checkpoint, config.overwrite)
     task = make_task(config)
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)
     accelerator = Accelerator(
@@ -72,12 +75,14 @@ def train(config: TrainConfig):
         raise ValueError(f"task {config.task!r} built a model with no trainable parameters.")
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if config.compile:
+        model.compile()  # in place: parameter names, state dicts and saved pipelines stay those of the eager module
 
     ema = None
     if config.use_ema:
         ema = EMAModel(trainable, decay=config.ema_decay, min_decay=0.0 if config.ema_warmup else config.ema_decay)
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        register_ema(accelerator, ema)  # weights-only on resume, unlike accelerate's custom objects
 
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
@@ -91,6 +96,7 @@ def train(config: TrainConfig):
     global_step = 0
     resume_path = resolve_resume(output_dir, config.resume_from_checkpoint)
     if resume_path is not None:
+        check_checkpoint(resume_path)
         accelerator.load_state(str(resume_path))
         global_step = read_step(resume_path)
         logger.info("resumed from %s at step %d", resume_path, global_step)
@@ -99,6 +105,9 @@ def train(config: TrainConfig):
     logger.info("%d process(es) (%s), global batch %d = %d per process x %d accumulation steps", procs,
                 accelerator.distributed_type, config.train_batch_size, micro_batch // procs, accum)
     if accelerator.is_main_process:
+        if earlier:
+            logger.info("overwrite=true: removing the earlier run in %s", output_dir)
+            clear_run_folder(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.yaml")
         tracker_config = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
@@ -200,13 +209,5 @@ def _to_device(batch, device):
 
 
 def _save_atomically(pipeline, target: Path):
-    partial = target.with_name(f".{target.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    pipeline.save_pretrained(partial)
-    stale = target.with_name(f".{target.name}.old")
-    if target.exists():
-        target.rename(stale)
-    partial.rename(target)
-    if stale.exists():
-        shutil.rmtree(stale)
+    """The pipeline into a hidden partial folder, fsynced, then renamed over `target` (see convdiff/files.py)."""
+    replace_folder(target, pipeline.save_pretrained)
