@@ -418,3 +418,14 @@ def test_shipped_controlnet_fits_the_shipped_mnist_model():
     down, mid = controlnet(x, t, edges, class_labels=y, return_dict=False)
     out = base.transformer(x, t, y, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
     assert not torch.allclose(out[0], out[1], atol=1e-3)  # the condition moves the prediction
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
+                                          (dict(guidance_scale=float("nan")), "guidance_scale must be a finite"),
+                                          (dict(class_labels=[]), "class_labels is empty")])
+def test_pipeline_sampling_arguments_are_checked(base_pipeline, kwargs, match):
+    pipe = ControlNetPipeline.from_base(base_pipeline, ControlNet.from_backbone(base_pipeline.transformer,
+                                                                                conditioning_channels=1))
+    kwargs = {"class_labels": [1], "num_inference_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(image=torch.zeros(1, 1, 16, 16), **kwargs)

@@ -389,3 +389,13 @@ def test_joint_sampling_with_an_oracle_ends_on_its_image(eta):
                generator=torch.Generator().manual_seed(1))
     for images, x0 in zip(out.scales, image_pyramid(image, [16, 8])):
         torch.testing.assert_close(images, x0 / 2 + 0.5, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(num_inference_steps=-5), "num_inference_steps must be an integer >= 1"),
+                                          (dict(guidance_scale=float("nan")), "guidance_scale must be a finite"),
+                                          (dict(class_labels=[]), "class_labels is empty")])
+def test_pipeline_sampling_arguments_are_checked(kwargs, match):
+    pipe = LayeredTextToImagePipeline(tiny_unet(), LayeredScheduler(sample_sizes=SIZES))
+    kwargs = {"class_labels": [1], "num_inference_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs)

@@ -405,3 +405,21 @@ def test_bad_inputs_for_model_kinds():
     no_null.transformer.register_to_config(prediction_type="v_prediction")
     with pytest.raises(ValueError, match="prediction_type='v_prediction'"):
         no_null([0], num_inference_steps=1)
+
+
+BAD_SAMPLING = [
+    (dict(num_inference_steps=-5), "num_inference_steps must be an integer >= 1, got -5"),
+    (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1, got 0"),
+    (dict(num_inference_steps=2.5), "num_inference_steps must be an integer >= 1"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+    (dict(guidance_scale=float("inf")), "guidance_scale must be a finite number"),
+    (dict(class_labels=[]), "class_labels is empty"),
+    (dict(class_labels=torch.tensor([], dtype=torch.long)), "class_labels is empty"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_SAMPLING)
+def test_sampling_arguments_are_checked(pipe, kwargs, match):
+    kwargs = {"class_labels": [0], "num_inference_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs)

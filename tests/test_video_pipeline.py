@@ -293,3 +293,13 @@ def test_video_task_rejects_mismatched_mode_and_data():
         VideoTask(load_config(None, ["task=video", "task_options.mode=4d", "task_options.data=moving_digits"]))
     with pytest.raises(ValueError, match="mode must be one of"):
         VideoTask(load_config(None, ["task=video", "task_options.mode=3d"]))
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
+                                          (dict(guidance_scale=float("nan")), "guidance_scale must be a finite"),
+                                          (dict(class_labels=[]), "class_labels is empty")])
+def test_video_and_4d_sampling_arguments_are_checked(video_pipe, fourd_pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        video_pipe(**{"class_labels": [0], "num_frames": 2, "num_inference_steps": 1, **kwargs})
+    with pytest.raises(ValueError, match=match):
+        fourd_pipe(**{"batch_size": 1, "num_frames": 2, "num_inference_steps": 1, **kwargs})

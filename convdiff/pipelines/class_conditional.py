@@ -33,6 +33,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .arguments import check_sampling_arguments
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -333,6 +334,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         labels, batch = self.check_inputs(class_labels, batch_size, guidance_scale, guidance_channels,

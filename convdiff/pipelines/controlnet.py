@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
 from ..models.controlnet import MultiControlNet, top_scale
+from .arguments import check_sampling_arguments
 from .class_conditional import ClassConditionalPipeline
 from .layered import LayeredTextToImagePipeline
 
@@ -244,6 +245,7 @@ class ControlNetPipeline(ControlMixin, ClassConditionalPipeline):
             guess_mode: per-depth scales logspace(-1, 0) and control on the conditional half of CFG only.
             class_labels, batch_size, guidance_scale and the rest: as in `ClassConditionalPipeline.__call__`.
         """
+        check_sampling_arguments(kwargs.get("num_inference_steps", 50), guidance_scale, class_labels)
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         _, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
@@ -287,6 +289,7 @@ class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
                  guidance_scale: float = 1.0, **kwargs):
         r"""Generate images that follow the conditioning image(s); the control arguments are those of
         `ControlNetPipeline.__call__`, the rest those of `LayeredTextToImagePipeline.__call__`."""
+        check_sampling_arguments(kwargs.get("num_inference_steps", 50), guidance_scale, class_labels)
         *_, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size, guidance_scale,
                                       kwargs.get("output_type", "pil"), kwargs.get("generator"))
         base_call = super().__call__

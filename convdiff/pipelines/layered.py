@@ -21,6 +21,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..nn.multiscale import consistent_noise
+from .arguments import check_sampling_arguments
 from .layered_scheduler import LayeredScheduler
 from .text_encoders import encode_prompts
 
@@ -190,6 +191,7 @@ class LayeredTextToImagePipeline(DiffusionPipeline):
             callback_on_step_end: `fn(pipe, step, t, {"latents": [per-scale tensors]}) -> dict` after every step.
         """
         self.check_components()
+        check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         prompts, negatives, labels, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size,
                                                               guidance_scale, output_type, generator)
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]

@@ -30,6 +30,7 @@ from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .arguments import check_sampling_arguments
 from .class_conditional import ClassConditionalPipeline, class_info
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
 
@@ -228,8 +229,9 @@ class _FramesPipeline(ClassConditionalPipeline):
             latents = torch.where(known_mask, known, latents)
         return latents
 
-    def check_call(self, class_labels, batch_size, guidance_scale, output_type, generator):
+    def check_call(self, class_labels, batch_size, guidance_scale, output_type, generator, num_inference_steps=50):
         """Checks shared by both pipelines; returns (class ids or None, batch size)."""
+        check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         if output_type not in OUTPUT_TYPES:
@@ -346,7 +348,8 @@ class VideoPipeline(_FramesPipeline):
             window_frames, window_overlap: window length and overlap for long videos.
             output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
         """
-        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator)
+        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
+                                        num_inference_steps)
         if num_frames is None and torch.is_tensor(latents) and latents.ndim == 5:
             num_frames = latents.shape[2]
         num_frames = int(num_frames or self.max_frames() or 16)
@@ -421,7 +424,8 @@ class FourDPipeline(_FramesPipeline):
             shared_noise: fraction of the noise variance shared across the timestamps of each view.
             Other arguments as in `VideoPipeline`.
         """
-        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator)
+        labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
+                                        num_inference_steps)
         camera_dim = self.transformer.config.get("camera_dim")
         if cameras is not None:
             cameras = torch.as_tensor(cameras, dtype=torch.float32)
