@@ -1,12 +1,31 @@
-"""convdiff: convolutional diffusion denoisers and video/4D generators for diffusers + accelerate."""
+"""convdiff: convolutional diffusion denoisers and video/4D generators for diffusers + accelerate.
 
-# The diffusers base-class names are bound at package level so that model_index.json entries that point
-# into convdiff resolve their loading methods (reference/ecosystem.md §2.3).
-from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+The names below load on first use (`import convdiff` itself imports neither torch nor diffusers), so the
+command line starts fast.
+"""
 
-from .models.dic import DiCModel
-from .models.dico import DiCoModel
-from .registry import MODELS, create_model, model_spec
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["DiCModel", "DiCoModel", "MODELS", "create_model", "model_spec"]
+
+# The diffusers base-class names stay resolvable as package attributes: model_index.json entries that point
+# into convdiff look up their loading methods there (diffusers' pipeline_loading_utils, which calls
+# `getattr(module, "ModelMixin", None)` and the like on the module named in the entry).
+_LAZY = {
+    "ConfigMixin": "diffusers", "DiffusionPipeline": "diffusers", "ModelMixin": "diffusers", "SchedulerMixin": "diffusers",
+    "DiCModel": "convdiff.models.dic", "DiCoModel": "convdiff.models.dico",
+    "MODELS": "convdiff.registry", "create_model": "convdiff.registry", "model_spec": "convdiff.registry",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

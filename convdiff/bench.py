@@ -501,7 +501,8 @@ def profile_table(model: nn.Module, inputs: tuple, precision: str, iters: int = 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="registry names (default: %(default)s)")
-    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                   help="precisions to time (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: 8 for S/B, 2 for L/XL/H)")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default: 8 for S/B, 3 for L/XL/H)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warmup iterations (default: 2 for S/B, 1 for L/XL/H)")

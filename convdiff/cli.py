@@ -1,7 +1,9 @@
 """`convdiff <command>`: train, sample, fid, convert, bench, extract-latents, mnist-demo.
 
 Each command lives next to the code it runs; this file only dispatches, importing lazily so
-`convdiff --help` stays fast.
+`convdiff --help` stays fast. A user error (bad input: ValueError, or a missing, existing or unwritable file:
+OSError) prints one line, `convdiff <command>: error: ...`, and exits 2; `--debug` anywhere on the command
+line shows the full traceback instead. Other exceptions are bugs and keep their traceback.
 """
 
 import argparse
@@ -11,7 +13,7 @@ COMMANDS = {
     "train": ("convdiff.training", "train_main", "train any registered backbone (run under accelerate launch)"),
     "sample": ("convdiff.sampling", "sample_main", "sample a grid or an ADM-format .npz from a pipeline folder or a registry model"),
     "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
-    "convert": ("convdiff.convert", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
+    "convert": ("convdiff.convert.main", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
     "bench": ("convdiff.bench", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
@@ -20,18 +22,36 @@ COMMANDS = {
     "video-demo": ("convdiff.video_demo", "video_demo_main", "inflate the MNIST model to video (or train a tiny 4D model), train on CPU, GIFs, metrics"),
 }
 
+USER_ERRORS = (ValueError, OSError)
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = argparse.ArgumentParser(prog="convdiff", description="convdiff command line")
+        parser = argparse.ArgumentParser(prog="convdiff", description="convdiff command line",
+                                         epilog="--debug (anywhere): show the full traceback of an error")
         parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[2]}" for k, v in COMMANDS.items()))
         parser.parse_args(argv[:1] or ["--help"])
         return 2
-    module_name, function, _ = COMMANDS[argv[0]]
+    command = argv[0]
+    module_name, function, _ = COMMANDS[command]
     import importlib
 
-    result = getattr(importlib.import_module(module_name), function)(argv[1:])
+    try:
+        result = getattr(importlib.import_module(module_name), function)(argv[1:])
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"convdiff {command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"convdiff {command}: interrupted", file=sys.stderr)
+        return 130
     return result if isinstance(result, int) else 0
 
 

@@ -13,8 +13,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .pipelines.schedulers import make_scheduler
-
 
 def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
     """A saved ClassConditionalPipeline folder, or a freshly initialised registry model in pixel space."""
@@ -57,26 +55,34 @@ def generate(pipeline, n: int, seed: int = 0, batch_size: int = 50, labels=None,
 
 
 def sample_main(argv=None):
-    from .training.labels import null_class_and_dropout
-    from .training.samples import grid_labels, make_grid
-
     parser = argparse.ArgumentParser(prog="convdiff sample", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pipeline", help="a saved pipeline folder (e.g. pipelines/dic-mnist)")
     source.add_argument("--model", help="a registry name, freshly initialised (for smoke tests before training)")
     parser.add_argument("--model-overrides", default="{}", help='JSON config overrides for --model, e.g. {"in_channels": 1}')
     parser.add_argument("--output", required=True, help="a .png for a class grid, or a .npz for N samples (ADM format)")
-    parser.add_argument("--num-samples", type=int, default=100, help="samples in the .npz")
+    parser.add_argument("--num-samples", type=int, default=100, help="samples in the .npz (default: 100)")
     parser.add_argument("--labels", help="comma-separated class ids for the grid (default: 10x10 class grid)")
-    parser.add_argument("--scheduler", default="ddim", help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--guidance-channels", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--scheduler", default="ddim",
+                        help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc (flow models: euler, heun); default: ddim")
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps, >= 1 (default: 50)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance scale, active when > 1 (default: 1, no guidance)")
+    parser.add_argument("--guidance-channels", type=int, default=None,
+                        help="guide only the first N latent channels (3 = official DiT/DiC/DiCo rule; default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i starts from seed + i (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=50, help="samples per forward pass (default: 50)")
     args = parser.parse_args(argv)
 
-    pipeline = load_pipeline(args.pipeline, args.model, json.loads(args.model_overrides))
+    from .pipelines.schedulers import make_scheduler
+    from .training.labels import null_class_and_dropout
+    from .training.samples import grid_labels, make_grid
+
+    try:
+        overrides = json.loads(args.model_overrides)
+    except json.JSONDecodeError as error:
+        parser.error(f"--model-overrides must be a JSON object, got {args.model_overrides!r} ({error})")
+    pipeline = load_pipeline(args.pipeline, args.model, overrides)
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler)
     num_classes, _, _ = null_class_and_dropout(pipeline.transformer)
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,

@@ -154,7 +154,7 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Pa
 def video_demo_main(argv=None):
     parser = argparse.ArgumentParser(prog="convdiff video-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_RECIPE))
+    parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="training recipe (default: %(default)s)")
     parser.add_argument("--pipeline", help="skip training and evaluate this saved pipeline folder")
     parser.add_argument("--num-videos", type=int, default=16, help="videos (or 4D scenes) to sample for the metrics")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps for the metrics")

@@ -35,9 +35,13 @@ def test_sample_grid_png(trained, tmp_path):
     assert Image.open(out).size == (84, 28)
 
 
-def test_sample_refuses_a_folder_that_is_not_a_pipeline(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
-        main(["sample", "--pipeline", str(tmp_path), "--output", str(tmp_path / "x.png")])
+def test_sample_refuses_a_folder_that_is_not_a_pipeline(tmp_path, capsys):
+    argv = ["sample", "--pipeline", str(tmp_path), "--output", str(tmp_path / "x.png")]
+    assert main(argv) == 2  # a user error: one line, exit status 2
+    error = capsys.readouterr().err
+    assert error.startswith("convdiff sample: error: ") and "model_index.json" in error and error.count("\n") == 1
+    with pytest.raises(FileNotFoundError, match="model_index.json"):  # --debug, anywhere: the traceback
+        main([*argv[:1], "--debug", *argv[1:]])
 
 
 def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, capsys):
@@ -51,10 +55,63 @@ def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, cap
                  f"output_dir={tmp_path / 'demo'}"]) == 0
     printed = capsys.readouterr().out
     assert "FID vs held-out MNIST digits" in printed and "N_A=12 N_B=12" in printed and "sampler=ddim" in printed
-    assert Image.open(tmp_path / "demo/grid.png").size == (280, 280)
-    assert (tmp_path / "cache/fid/mnist-heldout-12.npz").exists()
+    assert "class accuracy (independent digit classifier)" in printed and "shipped features" in printed
+    assert Image.open(tmp_path / "demo/grid.png").size == (280, 280)  # the first 100 samples, sampled once
+    assert not (tmp_path / "cache/fid").exists()  # the shipped reference features stand in: nothing recomputed
 
 
 def test_console_entry_point_lists_commands():
     result = subprocess.run([sys.executable, "-m", "convdiff", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "mnist-demo" in result.stdout and "convert" in result.stdout
+
+
+def test_bad_sampling_arguments_exit_2_without_writing(trained, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    for steps in ("-5", "0"):
+        assert main(["sample", "--pipeline", str(trained), "--output", str(out), "--labels", "1", "--steps", steps]) == 2
+        assert "num_inference_steps must be an integer >= 1" in capsys.readouterr().err
+    assert main(["sample", "--pipeline", str(trained), "--output", str(out), "--labels", "1", "--steps", "1",
+                 "--guidance-scale", "nan"]) == 2
+    assert "guidance_scale must be a finite number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "learning_rate=abc", f"output_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err
+    assert error == "convdiff train: error: Invalid training config: learning_rate must be a number > 0, got 'abc'.\n"
+    with pytest.raises(ValueError, match="max_train_steps"):
+        main(["train", "--debug", "max_train_steps=twenty", f"output_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_help_answers_without_importing_diffusers_and_every_option_has_help():
+    """`convdiff --help` and each command's --help build their parser before any heavy import (under 3 s)."""
+    script = """
+import argparse, sys, time
+from convdiff.cli import COMMANDS, main
+parsers = []
+for name in ("parse_known_args", "parse_known_intermixed_args"):
+    original = getattr(argparse.ArgumentParser, name)
+    def record(self, *a, _original=original, **k):
+        parsers.append(self)
+        return _original(self, *a, **k)
+    setattr(argparse.ArgumentParser, name, record)
+start = time.perf_counter()
+for argv in (["--help"], *([c, "--help"] for c in COMMANDS)):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        assert exit.code == 0, (argv, exit.code)
+print("SECONDS", time.perf_counter() - start, file=sys.stderr)
+print("DIFFUSERS", "diffusers" in sys.modules, file=sys.stderr)
+for parser in parsers:
+    for action in parser._actions:
+        if action.help is None:
+            print("NOHELP", parser.prog, action.option_strings or action.dest, file=sys.stderr)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DIFFUSERS False" in result.stderr
+    missing = [line for line in result.stderr.splitlines() if line.startswith("NOHELP")]
+    assert not [m for m in missing if not m.startswith("NOHELP fid ")], missing  # eval/fid.py keeps its own parser
