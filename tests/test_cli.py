@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,13 @@ for parser in parsers:
     assert "DIFFUSERS False" in result.stderr
     missing = [line for line in result.stderr.splitlines() if line.startswith("NOHELP")]
     assert not [m for m in missing if not m.startswith("NOHELP fid ")], missing  # eval/fid.py keeps its own parser
+
+
+def test_a_truncated_pipeline_file_is_named(trained, tmp_path, capsys):
+    import shutil
+
+    folder = Path(shutil.copytree(trained, tmp_path / "pipeline"))
+    weights = folder / "transformer/diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["sample", "--pipeline", str(folder), "--output", str(tmp_path / "x.png"), "--steps", "1"]) == 2
+    assert str(weights) in capsys.readouterr().err
