@@ -64,6 +64,7 @@ class TrainConfig:
     sample_num_inference_steps: int = 50
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 1.0
+    sample_final_grid: bool = True  # samples/final.png after training (the MNIST demo draws its own grid instead)
     dataloader_num_workers: int = 0
     # a fresh run into a folder that holds an earlier run: refused unless true, which clears that run first
     overwrite: bool = False

@@ -127,7 +127,9 @@ def train(config: TrainConfig):
     started = time.perf_counter()
     while global_step < config.max_train_steps:
         if config.max_train_seconds is not None and _budget_spent(accelerator, started, config.max_train_seconds):
-            logger.info("wall-clock budget of %.0f s spent at step %d", config.max_train_seconds, global_step)
+            logger.warning("WARNING: max_train_seconds=%.0f cut the run short at step %d of %d: the model is "
+                           "undertrained and depends on the machine's speed; drop max_train_seconds for the full "
+                           "recipe", config.max_train_seconds, global_step, config.max_train_steps)
             break
         step_loss = 0.0
         for micro in range(accum):
@@ -173,7 +175,8 @@ def train(config: TrainConfig):
         def finish():
             pipeline = task.build_pipeline(base_model)
             _save_atomically(pipeline, pipeline_dir)
-            task.save_samples(pipeline, output_dir / "samples" / "final.png")
+            if config.sample_final_grid:
+                task.save_samples(pipeline, output_dir / "samples" / "final.png")
         _with_ema(ema, trainable, finish)
     accelerator.end_training()
     return pipeline_dir
