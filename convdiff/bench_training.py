@@ -3,16 +3,16 @@ same CPU wall-clock budget with the same recipe, then scored with the project's 
 
 For every model (registry names, all about 1.7M parameters) this
 
-1. trains with `convdiff.training.train` on the MNIST recipe (configs/dic-mnist-tiny.yaml: batch 64, AdamW
-   lr 5e-4, EMA 0.999 with warmup, epsilon objective) with `max_train_seconds` = the budget, so it stops at
-   whatever step the clock allows. What must be the same for all four is forced: `learn_sigma=False`
-   (UNet2DModel cannot learn sigma) and no label dropout (UNet2DModel has no null class; the FID samples at
-   guidance 1, which never uses it). Every model sees the very same batches, noise and timesteps (same seed);
+1. trains with `convdiff.training.train` on the main job's recipe (configs/dic-mnist-tiny.yaml: its objective,
+   optimiser, schedule and EMA) with `max_train_seconds` = the budget, so it stops at whatever step the clock
+   allows. What must be the same for all four is forced: `learn_sigma=False` (UNet2DModel cannot learn sigma)
+   and no label dropout (UNet2DModel has no null class; samples are drawn at guidance 1, which never uses it).
+   Every model sees the very same batches, noise and timesteps (same seed); `--seeds 0 1 2` repeats it all;
 2. reads the steps reached, the train loss and the img/s back from the run's TensorBoard log;
-3. computes a held-out epsilon-MSE of the EMA weights on fixed (digit, noise, timestep) triples, a
+3. computes the objective's loss of the EMA weights on fixed held-out (digit, noise, timestep) triples, a
    less noisy loss figure than the last training batches;
-4. computes `convdiff.demo.mnist_fid` on the saved pipeline (balanced labels, DDIM 25 steps, against the
-   held-out digits), unchanged.
+4. scores the saved pipeline with `convdiff.demo.mnist_scores` (balanced labels, the recipe's sampler, FID
+   against the held-out digits and the independent classifier's class accuracy).
 
 Run models one after another in one process with one thread (OMP_NUM_THREADS=1), so they share conditions.
 The table, the verdict on the target (DiC and DiCo below both baselines' FID) and the command, machine and
@@ -55,6 +55,8 @@ class Run:
     final_loss: float = float("nan")
     heldout_loss: float = float("nan")
     fid: float = float("nan")
+    accuracy: float = float("nan")
+    seed: int = 0
     protocol: str = ""
     fid_seconds: float = float("nan")
 
@@ -91,16 +93,17 @@ def recipe_model_overrides(name: str) -> dict:
     return overrides
 
 
-def build_config(name: str, args, output_root: Path):
+def build_config(name: str, args, output_root: Path, seed: int = 0):
     from .training.config import load_config
 
     config = load_config(args.recipe)
     return dataclasses.replace(
-        config, model=name, model_overrides=recipe_model_overrides(name), objective="epsilon", data="mnist",
+        config, model=name, model_overrides=recipe_model_overrides(name), data="mnist",
         resolution=None, train_batch_size=args.batch_size, max_train_steps=10**7, max_train_seconds=args.budget,
-        mixed_precision="no", seed=args.seed, output_dir=str(output_root / name), checkpointing_steps=0,
+        mixed_precision="no", seed=seed, output_dir=str(output_root / f"{name}-seed{seed}"), checkpointing_steps=0,
         resume_from_checkpoint=None, logging_steps=1, report_to="tensorboard", sample_steps=0,
-        sample_num_inference_steps=args.grid_steps, sample_scheduler=args.scheduler, sample_guidance_scale=1.0,
+        sample_final_grid=False, sample_guidance_scale=1.0,
+        overwrite=True,  # the benchmark's own folders: a rerun replaces them
         label_dropout=0.0,  # UNet2DModel has no null class, so nobody drops labels (diffusers' DiT would by default)
     )
 
@@ -118,7 +121,7 @@ def describe_model(config) -> Run:
         dropout = config.label_dropout
     learn_sigma = (model.config.get("out_channels") or model.config.in_channels) == 2 * model.config.in_channels
     return Run(config.model, family(config.model), sum(p.numel() for p in model.parameters()), float(dropout),
-               learn_sigma, batch_size=config.train_batch_size)
+               learn_sigma, batch_size=config.train_batch_size, seed=config.seed)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -146,18 +149,21 @@ def summarize_log(log: dict, batch_size: int, last: int = LAST_STEPS_FOR_LOSS) -
 
 
 @torch.no_grad()
-def heldout_loss(model, n: int = HELDOUT_LOSS_SAMPLES, seed: int = 1234, batch: int = 100) -> float:
-    """Epsilon-MSE on the first n held-out digits with noise and timesteps fixed by `seed` (same for all models)."""
+def heldout_loss(model, n: int = HELDOUT_LOSS_SAMPLES, seed: int = 1234, batch: int = 100, objective_name="epsilon",
+                 timestep_sampling: str = "uniform") -> float:
+    """The objective's loss on the first n held-out digits with noise and timesteps fixed by `seed` (same for all
+    models)."""
     from .data.mnist import MNISTDigits
     from .training.labels import conditioning_kwargs
-    from .training.objectives import DiffusionObjective
+    from .training.objectives import make_objective
 
     data = MNISTDigits("heldout")
     x0, labels = data.images[:n], data.labels[:n]
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
-    t = torch.randint(0, 1000, (len(x0),), generator=g)
-    objective = DiffusionObjective("epsilon", learned_sigma=False, pixel_space=True)
+    objective = make_objective(objective_name, learned_sigma=False, pixel_space=True,
+                               timestep_sampling=timestep_sampling)
+    t = objective.sample_timesteps(len(x0), g)
     model.eval()
     total = 0.0
     for s in range(0, len(x0), batch):
@@ -170,25 +176,27 @@ def heldout_loss(model, n: int = HELDOUT_LOSS_SAMPLES, seed: int = 1234, batch: 
     return total / len(x0)
 
 
-def run_one(name: str, args, output_root: Path, log=print) -> Run:
-    from .demo import mnist_fid
+def run_one(name: str, args, output_root: Path, log=print, seed: int = 0) -> Run:
+    from .demo import mnist_scores
     from .pipelines import ClassConditionalPipeline
     from .training.loop import train
 
-    config = build_config(name, args, output_root)
+    config = build_config(name, args, output_root, seed)
     run = describe_model(config)
-    log(f"== {name} ({run.family}, {run.params / 1e6:.3f}M params): training for {args.budget:.0f} s")
+    log(f"== {name} ({run.family}, {run.params / 1e6:.3f}M params), seed {seed}: training for {args.budget:.0f} s")
     pipeline_dir = train(config)
     summary = summarize_log(read_training_log(Path(config.output_dir)), config.train_batch_size)
     run.steps, run.final_loss, run.train_seconds = summary["steps"], summary["final_loss"], summary["train_seconds"]
     pipe = ClassConditionalPipeline.from_pretrained(pipeline_dir)
-    run.heldout_loss = heldout_loss(pipe.transformer)
+    run.heldout_loss = heldout_loss(pipe.transformer, objective_name=config.objective,
+                                    timestep_sampling=config.timestep_sampling)
     start = time.perf_counter()
-    result = mnist_fid(pipe, args.fid_samples, args.fid_steps, args.scheduler, progress=args.progress)
+    scores = mnist_scores(pipe, args.fid_samples, args.fid_steps or config.sample_num_inference_steps,
+                          args.scheduler or config.sample_scheduler, progress=args.progress)
     run.fid_seconds = time.perf_counter() - start
-    run.fid, run.protocol = float(result.fid), result.protocol
+    run.fid, run.accuracy, run.protocol = float(scores.fid.fid), scores.accuracy, scores.protocol
     log(f"   {run.steps} steps, {run.images} images, {run.images_per_second:.1f} img/s, loss {run.final_loss:.4f}, "
-        f"held-out {run.heldout_loss:.4f}, FID {run.fid:.2f} ({run.fid_seconds:.0f} s)")
+        f"held-out {run.heldout_loss:.4f}, FID {run.fid:.2f}, accuracy {run.accuracy:.1%} ({run.fid_seconds:.0f} s)")
     return run
 
 
@@ -199,18 +207,48 @@ def _num(x: float, digits: int) -> str:
 
 
 def format_table(runs: list[Run]) -> str:
-    header = ("| model | registry name | params | steps | images seen | train img/s | final train loss "
-              f"(last {LAST_STEPS_FOR_LOSS} steps) | held-out ε-MSE (EMA) | FID |")
+    header = ("| model | registry name | seed | params | steps | images seen | train img/s | final train loss "
+              f"(last {LAST_STEPS_FOR_LOSS} steps) | held-out loss (EMA) | FID | class accuracy |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in runs:
-        lines.append(f"| {r.family} | {r.name} | {r.params / 1e6:.3f}M | {r.steps} | {r.images:,} | "
+        lines.append(f"| {r.family} | {r.name} | {r.seed} | {r.params / 1e6:.3f}M | {r.steps} | {r.images:,} | "
                      f"{_num(r.images_per_second, 1)} | {_num(r.final_loss, 4)} | {_num(r.heldout_loss, 4)} | "
-                     f"{_num(r.fid, 2)} |")
+                     f"{_num(r.fid, 2)} | {_num(100 * r.accuracy, 1)}% |")
+    return "\n".join(lines)
+
+
+def by_model(runs: list[Run]) -> dict:
+    """registry name -> its runs (one per seed), in first-seen order."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r.name, []).append(r)
+    return groups
+
+
+def _mean_sd(values) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def format_seed_summary(runs: list[Run]) -> str:
+    """Mean ± sample standard deviation over seeds, per model."""
+    header = "| model | seeds | steps | train img/s | FID | class accuracy (%) |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, group in by_model(runs).items():
+        lines.append(f"| {group[0].family} ({name}) | {len(group)} | {_mean_sd([r.steps for r in group])} | "
+                     f"{_mean_sd([r.images_per_second for r in group])} | {_mean_sd([r.fid for r in group])} | "
+                     f"{_mean_sd([100 * r.accuracy for r in group])} |")
     return "\n".join(lines)
 
 
 def verdict(runs: list[Run]) -> tuple[bool | None, str]:
     """Is the FID of every DiC/DiCo run below that of every baseline? (None when a side is missing.)"""
+    runs = [dataclasses.replace(group[0], fid=sum(r.fid for r in group) / len(group))  # mean over seeds
+            for group in by_model(runs).values()]
     ours = [r for r in runs if r.family in OURS]
     baselines = [r for r in runs if r.family not in OURS]
     if not ours or not baselines:
@@ -263,12 +301,17 @@ def format_section(runs: list[Run], args, command: str, machine: str, date: str,
 Each model trained for the same wall-clock budget of **{args.budget:.0f} s** on {args.threads} CPU thread{'s' if args.threads > 1 else ''}, one after another
 in one process, with the same recipe ({recipe}), forced equal where the models differ: `learn_sigma=False` for all (UNet2DModel has no
 variance output) and label dropout {sorted(dropouts)} for all (UNet2DModel has no null class; FID samples at
-guidance 1, which never uses it). Same seed, so every model sees the same batches, noise and timesteps; it
+guidance 1, which never uses it). For each seed every model sees the same batches, noise and timesteps; it
 stops at whatever step the clock allows. Steps, the train loss (mean over the last {LAST_STEPS_FOR_LOSS} steps)
-and img/s (images / summed step time) come from the run's TensorBoard log; held-out ε-MSE is the EMA weights'
-error on the first {HELDOUT_LOSS_SAMPLES} held-out digits with fixed noise and timesteps. FID: `convdiff.demo.mnist_fid`
-on the saved pipeline (EMA weights), {args.fid_samples} samples with balanced labels vs {args.fid_samples} held-out digits.
+and img/s (images / summed step time) come from the run's TensorBoard log; the held-out loss is the EMA weights'
+loss under the recipe's objective on the first {HELDOUT_LOSS_SAMPLES} held-out digits with fixed noise and timesteps.
+FID and class accuracy: `convdiff.demo.mnist_scores` on the saved pipeline (EMA weights), {args.fid_samples} samples
+with balanced labels vs {args.fid_samples} held-out digits, and the share the independent digit classifier reads as asked.
 {warn}
+{format_seed_summary(runs)}
+
+Per run:
+
 {format_table(runs)}
 
 {verdict_text}
@@ -296,11 +339,10 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="registry names, run in this order")
     parser.add_argument("--budget", type=float, default=300.0, help="training wall-clock seconds per model")
     parser.add_argument("--fid-samples", type=int, default=500)
-    parser.add_argument("--fid-steps", type=int, default=25)
-    parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--grid-steps", type=int, default=10, help="sampler steps of the final 10x10 grid train() writes")
+    parser.add_argument("--fid-steps", type=int, default=None, help="sampler steps (default: the recipe's)")
+    parser.add_argument("--scheduler", default=None, help="sampler (default: the recipe's sample_scheduler)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeat every model with each seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (also set OMP_NUM_THREADS to match)")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE))
     parser.add_argument("--output-dir", default="outputs/bench-training")
@@ -325,7 +367,7 @@ def main(argv=None) -> int:
     date = _dt.date.today().isoformat()
     output_root = Path(args.output_dir)
     started = time.perf_counter()
-    runs = [run_one(name, args, output_root) for name in args.models]
+    runs = [run_one(name, args, output_root, seed=seed) for seed in args.seeds for name in args.models]
     recipe = recipe_text(build_config(args.models[0], args, output_root))
     section = format_section(runs, args, command.strip(), machine_text(args.threads), date, recipe)
     print("\n" + section)

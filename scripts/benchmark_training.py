@@ -1,7 +1,9 @@
 """Quality-per-compute training benchmark on MNIST: DiC, DiCo, diffusers UNet2DModel and DiT (~1.7M params
-each), same recipe, same CPU wall-clock budget, then FID; appends the table to docs/benchmarks.md.
+each), the main job's recipe, the same CPU wall-clock budget, then FID and class accuracy; appends the tables
+(mean ± spread over seeds, and per run) to docs/benchmarks.md.
 
-    OMP_NUM_THREADS=1 python scripts/benchmark_training.py                     # default: 300 s each, ~35 min
+    OMP_NUM_THREADS=1 python scripts/benchmark_training.py                     # default: 300 s each, ~25 min
+    OMP_NUM_THREADS=1 python scripts/benchmark_training.py --budget 90 --seeds 0 1 2
     OMP_NUM_THREADS=1 python scripts/benchmark_training.py --budget 20 --fid-samples 50 --no-write   # smoke
 
 All logic lives in convdiff.bench_training (see `python scripts/benchmark_training.py --help`).

@@ -59,19 +59,21 @@ def test_budget_run_of_unet_through_the_training_loop(tmp_path):
     """UNet2DModel trains in the loop, stops on the clock, saves a pipeline; the log and held-out loss read back."""
     from convdiff.training.loop import train
 
-    args = _args(tmp_path, "--budget", "0.01", "--batch-size", "8", "--grid-steps", "1")
-    config = bt.build_config("unet-mnist", args, tmp_path)
+    args = _args(tmp_path, "--budget", "0.01", "--batch-size", "8")
+    config = bt.build_config("unet-mnist", args, tmp_path, seed=1)
+    assert config.objective == load_config(bt.DEFAULT_RECIPE).objective  # the main job's recipe, not a fixed one
     pipeline_dir = train(config)
-    summary = bt.summarize_log(bt.read_training_log(tmp_path / "unet-mnist"), config.train_batch_size)
+    summary = bt.summarize_log(bt.read_training_log(tmp_path / "unet-mnist-seed1"), config.train_batch_size)
     assert summary["steps"] == 1 and summary["train_seconds"] > 0 and math.isfinite(summary["final_loss"])
     pipe = ClassConditionalPipeline.from_pretrained(pipeline_dir)
     assert class_info(pipe.transformer.config) == (10, None)
-    assert math.isfinite(bt.heldout_loss(pipe.transformer, n=16, batch=8))
+    assert math.isfinite(bt.heldout_loss(pipe.transformer, n=16, batch=8, objective_name=config.objective))
 
 
-def _run(name, family, fid, params=1_700_000):
+def _run(name, family, fid, params=1_700_000, seed=0, accuracy=0.95):
     run = bt.Run(name, family, params, 0.0, False, steps=100, batch_size=64, train_seconds=200.0,
-                 final_loss=0.05, heldout_loss=0.04, fid=fid, protocol="p (cached x.npz)", fid_seconds=150.0)
+                 final_loss=0.05, heldout_loss=0.04, fid=fid, protocol="p (cached x.npz)", fid_seconds=150.0,
+                 accuracy=accuracy, seed=seed)
     return run
 
 
@@ -80,7 +82,7 @@ def test_table_verdict_and_section_format(tmp_path):
             _run("unet-mnist", "diffusers UNet2DModel", 33.0), _run("dit-mnist", "diffusers DiT", 60.0)]
     table = bt.format_table(runs).splitlines()
     assert len(table) == 2 + len(runs) and all(line.count("|") == table[0].count("|") for line in table)
-    assert table[2] == "| DiC | dic-mnist | 1.700M | 100 | 6,400 | 32.0 | 0.0500 | 0.0400 | 30.00 |"
+    assert table[2] == "| DiC | dic-mnist | 0 | 1.700M | 100 | 6,400 | 32.0 | 0.0500 | 0.0400 | 30.00 | 95.0% |"
     met, text = bt.verdict(runs)
     assert met is False and "**Target not met**" in text
     assert "DiC beats the best baseline (diffusers UNet2DModel, FID 33.00) by 3.00 FID" in text
@@ -101,6 +103,16 @@ def test_table_verdict_and_section_format(tmp_path):
     doc.write_text("# Benchmarks\n\nother section\n")
     bt.append_section(section, doc)
     assert doc.read_text().startswith("# Benchmarks\n\nother section\n\n## Training")
+
+
+def test_seeds_give_mean_and_spread_and_the_verdict_uses_the_means():
+    runs = [_run("dic-mnist", "DiC", 30.0, seed=0, accuracy=0.9), _run("dic-mnist", "DiC", 34.0, seed=1, accuracy=1.0),
+            _run("unet-mnist", "diffusers UNet2DModel", 33.0)]
+    summary = bt.format_seed_summary(runs).splitlines()
+    assert summary[2] == "| DiC (dic-mnist) | 2 | 100.00 ± 0.00 | 32.00 ± 0.00 | 32.00 ± 2.83 | 95.00 ± 7.07 |"
+    assert summary[3].startswith("| diffusers UNet2DModel (unet-mnist) | 1 |")
+    met, text = bt.verdict(runs)  # DiC's mean 32.0 beats 33.0, though seed 1 alone (34.0) would not
+    assert met is True and "by 1.00 FID" in text
 
 
 def test_summarize_log():

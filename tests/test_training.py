@@ -63,6 +63,18 @@ def test_v_prediction_target_and_flow_target():
     assert flow.loss(noise - x0, x0, noise, x_t, model_t).abs().max() == 0
 
 
+def test_logit_normal_flow_timesteps_are_sigmoids_of_standard_normals():
+    flow = FlowObjective(timestep_sampling="logit_normal")
+    drawn = flow.sample_timesteps(5, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(drawn, torch.sigmoid(torch.randn(5, generator=torch.Generator().manual_seed(3))))
+    many = flow.sample_timesteps(20000, torch.Generator().manual_seed(0))
+    assert abs(many.median().item() - 0.5) < 0.01 and ((many > 0.27) & (many < 0.73)).float().mean() > 0.67
+    with pytest.raises(ValueError, match="for objective 'flow'"):
+        make_objective("epsilon", learned_sigma=False, pixel_space=True, timestep_sampling="logit_normal")
+    with pytest.raises(ValueError, match="timestep_sampling must be one of"):
+        FlowObjective(timestep_sampling="cosine")
+
+
 def test_objective_and_model_mismatch_errors():
     with pytest.raises(ValueError, match="learn_sigma=False"):
         make_objective("flow", learned_sigma=True, pixel_space=True)

@@ -26,6 +26,7 @@ class TrainConfig:
     model: str = "dic-tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
     objective: str = "epsilon"  # epsilon (hybrid loss when the model learns sigma) | v_prediction | flow
+    timestep_sampling: str = "uniform"  # flow only: uniform | logit_normal (SD3's)
     # data: mnist | image_folder | latents
     data: str = "mnist"
     data_path: str | None = None
@@ -107,10 +108,11 @@ def choices() -> dict:
 
     from ..pipelines.schedulers import DDPM_FAMILY, FLOW_FAMILY
     from .data import DATA_KINDS
-    from .objectives import OBJECTIVES
+    from .objectives import OBJECTIVES, TIMESTEP_SAMPLING
     from .tasks import TASKS
 
-    return {"task": list(TASKS), "objective": list(OBJECTIVES), "data": list(DATA_KINDS),
+    return {"task": list(TASKS), "objective": list(OBJECTIVES), "timestep_sampling": list(TIMESTEP_SAMPLING),
+            "data": list(DATA_KINDS),
             "lr_scheduler": [s.value for s in SchedulerType], "mixed_precision": ["no", "bf16", "fp16"],
             "sample_scheduler": list(dict.fromkeys([*DDPM_FAMILY, *FLOW_FAMILY]))}
 

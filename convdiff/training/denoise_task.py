@@ -58,7 +58,7 @@ class DenoiseTask(TrainingTask):
         self.flip_pairs = getattr(dataset, "has_flip_pairs", False)
         pixel_space = config.data != "latents"
         self.objective = make_objective(config.objective, model.config.out_channels == 2 * model.config.in_channels,
-                                        pixel_space)
+                                        pixel_space, config.timestep_sampling)
         return model
 
     def setup_conditioning(self, model):

@@ -5,7 +5,8 @@
   the variance, with the mean frozen (ADM's LEARNED_RANGE), sampled with DDPM `learned_range`.
 - "v_prediction": v = sqrt(abar) * noise - sqrt(1 - abar) * x0, plain MSE.
 - "flow": rectified flow, x_t = (1 - s) x0 + s noise, target noise - x0, model timestep s * 1000 -- the
-  convention of diffusers' FlowMatchEulerDiscreteScheduler, which samples it.
+  convention of diffusers' FlowMatchEulerDiscreteScheduler, which samples it. s is drawn uniformly, or
+  logit-normal (sigmoid of a standard normal: more weight on the middle noise levels, Esser et al. 2024, SD3).
 All random draws take an explicit generator so training is a pure function of (seed, step).
 """
 
@@ -15,6 +16,7 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 OBJECTIVES = ("epsilon", "v_prediction", "flow")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -119,10 +121,14 @@ class FlowObjective:
     prediction_type = "flow"
     learned_sigma = False
 
-    def __init__(self, num_train_timesteps: int = 1000, pixel_space: bool = False):
-        self.num_train_timesteps = num_train_timesteps
+    def __init__(self, num_train_timesteps: int = 1000, pixel_space: bool = False, timestep_sampling: str = "uniform"):
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}; got {timestep_sampling!r}.")
+        self.num_train_timesteps, self.timestep_sampling = num_train_timesteps, timestep_sampling
 
     def sample_timesteps(self, batch, generator):
+        if self.timestep_sampling == "logit_normal":
+            return torch.sigmoid(torch.randn(batch, generator=generator))
         return torch.rand(batch, generator=generator)
 
     def noisy_input(self, x0, noise, sigma):
@@ -139,11 +145,14 @@ class FlowObjective:
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=1.0)
 
 
-def make_objective(name: str, learned_sigma: bool, pixel_space: bool):
+def make_objective(name: str, learned_sigma: bool, pixel_space: bool, timestep_sampling: str = "uniform"):
     if name == "flow":
         if learned_sigma:
             raise ValueError("objective 'flow' needs a model without learned sigma: set learn_sigma=False.")
-        return FlowObjective(pixel_space=pixel_space)
+        return FlowObjective(pixel_space=pixel_space, timestep_sampling=timestep_sampling)
+    if timestep_sampling != "uniform":
+        raise ValueError(f"timestep_sampling={timestep_sampling!r} is for objective 'flow'; DDPM objectives draw "
+                         "their 1000 discrete timesteps uniformly.")
     if name in ("epsilon", "v_prediction"):
         return DiffusionObjective(name, learned_sigma, pixel_space=pixel_space)
     raise ValueError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")

@@ -111,7 +111,7 @@ class VideoTask(DenoiseTask):
                              f"set model_overrides.in_channels={shape[0]} (or use a matching base pipeline).")
         self.setup_conditioning(model)
         self.objective = make_objective(config.objective, model.config.out_channels == 2 * model.config.in_channels,
-                                        pixel_space=True)
+                                        pixel_space=True, timestep_sampling=config.timestep_sampling)
         self.check_model_fits_data(model, dataset)
         return model
 
