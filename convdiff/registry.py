@@ -8,11 +8,11 @@ import difflib
 
 from diffusers import DiTTransformer2DModel, UNet2DModel
 
-from .distill.digits_unet import LabelConditionedUNet
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
 from .models.diffit import DiffiTModel
 from .models.diffit_unet import DiffiTUNetModel
+from .models.label_conditioned_unet import LabelConditionedUNet
 from .models.layered_unet import LayeredUNetModel
 
 

@@ -11,8 +11,8 @@ from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DCon
 
 from convdiff.distill import (FeatureTaps, convert_self_attention, load_adapter, load_converted, save_adapter,
                               self_attention_sites, student_modules, student_state_dict)
-from convdiff.distill.convert import LinearSelfAttention, is_self_attention
-from convdiff.distill.digits_unet import LabelConditionedUNet
+from convdiff.models.convfusion import LinearSelfAttention, is_self_attention
+from convdiff.models.label_conditioned_unet import LabelConditionedUNet
 from convdiff.nn.linear_attention import NormalizedLinearAttention
 from convdiff.nn.pyramid_conv import DeltaConvBlock
 

@@ -8,8 +8,9 @@ its index live in `blocks.N.attn.position_bias`, so the map renames those two an
 reshaped. `relative_position_index` is a buffer that a file may or may not carry: when present it must be the
 Swin index of the grid (checked), when absent it is recomputed.
 
-Importing this module registers the "diffit" family with the generic converter (`convdiff.convert.official`),
-so `convdiff convert --checkpoint diffit_256.safetensors --model diffit-xl --output DIR` works like DiC/DiCo.
+The generic converter (`convdiff.convert.official`) imports this module and registers the "diffit" family
+from the names below, so `convdiff convert --checkpoint diffit_256.safetensors --model diffit-xl --output DIR`
+works like DiC/DiCo. This module imports nothing from official.py, so the two do not import each other.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 
 from ..models.diffit import DiffiTModel
 from ..nn.position import relative_position_index
-from . import official
 
 _BIAS = re.compile(r"^blocks\.(\d+)\.attn\.(relative_position_bias_table|relative_position_index)$")
 _OURS_BIAS = re.compile(r"^blocks\.(\d+)\.attn\.position_bias\.(relative_position_bias_table|relative_position_index)$")
@@ -100,13 +100,9 @@ def infer_config(state_dict: Mapping) -> dict:
     return config
 
 
-def register() -> None:
-    official.KEY_MAPS["diffit"] = DiffiTKeyMap()
-    official.FAMILY_CLASSES["diffit"] = DiffiTModel
-    official.FAMILY_NAMES["diffit"] = "DiffiT (NVlabs/DiffiT)"
-    official._FAMILY_SIGNATURES["diffit"] = re.compile(r"^blocks\.\d+\.attn\.qkv_temb\.")
-    official.STATE_DICT_PREPARERS["diffit"] = prepare_state_dict
-    official.CONFIG_INFERERS["diffit"] = infer_config
-
-
-register()
+# What official.py registers for the family (its KEY_MAPS, FAMILY_CLASSES, ... tables).
+FAMILY = "diffit"
+KEY_MAP = DiffiTKeyMap()
+FAMILY_CLASS = DiffiTModel
+FAMILY_NAME = "DiffiT (NVlabs/DiffiT)"
+SIGNATURE = re.compile(r"^blocks\.\d+\.attn\.qkv_temb\.")  # a key only the official DiffiT has

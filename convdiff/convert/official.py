@@ -34,6 +34,7 @@ from ..files import UnsafePickleError, first_line, load_weights_only, replace_fo
 from ..models.dic import DiCModel
 from ..models.dico import DiCoModel
 from ..registry import MODELS, model_spec, normalize_name
+from . import diffit
 
 # --------------------------------------------------------------------------------------------------------
 # Key maps
@@ -124,9 +125,16 @@ FAMILY_NAMES = {"dic": "DiC (YuchuanTian/DiC)", "dico": "DiCo (shallowdream204/D
 # A key that only one official code base has: tells which family a checkpoint comes from.
 _FAMILY_SIGNATURES = {"dic": re.compile(r"^(t_embedder_ls|enc_blocks|lat_blocks|dec_blocks)\."),
                       "dico": re.compile(r"^(t_embedder_[123]|encoder_level_[12]|latent|decoder_level_[12])\.")}
-# Hooks for families whose converter lives in its own module and registers itself (convert/diffit.py):
+# Hooks for families whose converter lives in its own module (convert/diffit.py), registered from its names:
 STATE_DICT_PREPARERS = {}  # family -> fn(official state dict) -> the same dict, checked and completed
 CONFIG_INFERERS = {}  # family -> fn(official state dict) -> config hints for error messages
+for _family in (diffit,):
+    KEY_MAPS[_family.FAMILY] = _family.KEY_MAP
+    FAMILY_CLASSES[_family.FAMILY] = _family.FAMILY_CLASS
+    FAMILY_NAMES[_family.FAMILY] = _family.FAMILY_NAME
+    _FAMILY_SIGNATURES[_family.FAMILY] = _family.SIGNATURE
+    STATE_DICT_PREPARERS[_family.FAMILY] = _family.prepare_state_dict
+    CONFIG_INFERERS[_family.FAMILY] = _family.infer_config
 
 
 def family_of(model_or_class) -> str:
@@ -495,6 +503,3 @@ def convert_official_to_folder(path, output_dir, model="dico-xl", use_ema: bool 
     converted = convert_official_checkpoint(path, model, use_ema=use_ema, trust_pickle=trust_pickle, **config_overrides)
     return save_folder_atomically(converted, output_dir, overwrite=overwrite)
 
-
-# Importing this module registers every family, wherever it is imported from.
-from . import diffit  # noqa: E402, F401

@@ -2,8 +2,10 @@
 
 Images are center-cropped (ADM style: box-downsample then bicubic) to `resolution`, scaled to [-1, 1].
 An empty or missing folder, or an unreadable image, is a clear error before any training step.
+`CaptionedImageFolder` reads image-caption pairs instead (text-to-image distillation).
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+CAPTIONED_SUFFIXES = IMAGE_SUFFIXES - {".gif"}
 
 
 def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
@@ -69,3 +72,36 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         array = np.asarray(image, dtype=np.float32).reshape(self.resolution, self.resolution, self.channels)
         x = torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
         return x, torch.tensor(self.labels[index])
+
+
+class CaptionedImageFolder(torch.utils.data.Dataset):
+    """(image in [-1, 1] of shape (3, R, R), caption) pairs from `<image>.txt` files or a metadata.jsonl."""
+
+    def __init__(self, root, resolution: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"Image-caption folder {root} does not exist.")
+        self.resolution = resolution
+        metadata = root / "metadata.jsonl"
+        if metadata.is_file():
+            rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
+            self.items = [(root / row["file_name"], row["text"]) for row in rows]
+        else:
+            images = sorted(p for p in root.rglob("*") if p.suffix.lower() in CAPTIONED_SUFFIXES)
+            self.items = [(p, p.with_suffix(".txt").read_text().strip()) for p in images if p.with_suffix(".txt").is_file()]
+        if not self.items:
+            raise ValueError(f"No captioned images in {root}: put a caption in <image name>.txt next to every image, "
+                             "or write a metadata.jsonl with file_name and text per line.")
+
+    @property
+    def sample_shape(self):
+        return (3, self.resolution, self.resolution)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, caption = self.items[index]
+        image = center_crop_resize(Image.open(path).convert("RGB"), self.resolution)
+        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+        return x, caption

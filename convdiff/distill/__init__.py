@@ -1,10 +1,30 @@
 """ΔConvFusion: swap the self-attention of a diffusers model for ΔConvBlocks (or linear attention) and
-distil them from the frozen original (reference/distill_control.md §1, §2, §5)."""
+distil them from the frozen original (reference/distill_control.md §1, §2, §5).
 
-from .convert import KERNEL_PRESETS, convert_self_attention, self_attention_sites, student_modules, student_state_dict
-from .io import load_adapter, load_converted, save_adapter
-from .losses import distillation_loss
-from .taps import FeatureTaps
+The module swap is model surgery and lives in convdiff/models/convfusion.py; this package holds the training
+side (task, losses, feature taps) and the adapter files. The names load on first use, so
+`convdiff distill --help` answers without importing diffusers.
+"""
 
-__all__ = ["KERNEL_PRESETS", "FeatureTaps", "convert_self_attention", "distillation_loss", "load_adapter",
-           "load_converted", "save_adapter", "self_attention_sites", "student_modules", "student_state_dict"]
+import importlib
+
+_LAZY = {
+    **{name: "..models.convfusion" for name in ("KERNEL_PRESETS", "convert_self_attention", "self_attention_sites",
+                                                "student_modules", "student_state_dict")},
+    **{name: ".io" for name in ("load_adapter", "load_converted", "save_adapter")},
+    "distillation_loss": ".losses",
+    "FeatureTaps": ".taps",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

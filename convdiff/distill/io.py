@@ -9,9 +9,11 @@ diffusers' own `from_pretrained` of the base class would silently drop the stude
 import json
 from pathlib import Path
 
+import diffusers
 from safetensors.torch import load_file, save_file
 
-from .convert import conversion_of, convert_self_attention, student_modules, student_state_dict
+from .. import models
+from ..models.convfusion import conversion_of, convert_self_attention, student_modules, student_state_dict
 
 ADAPTER_NAME = "convfusion_adapter.safetensors"
 
@@ -63,17 +65,9 @@ def load_adapter(model, path):
 
 
 def _model_class(name: str):
-    import diffusers
-
-    import convdiff
-
-    for source in (diffusers, convdiff):
+    for source in (diffusers, models):
         if hasattr(source, name):
             return getattr(source, name)
-    from . import digits_unet
-
-    if hasattr(digits_unet, name):
-        return getattr(digits_unet, name)
     raise ValueError(f"Unknown model class {name!r} in the config: pass model_class= to load_converted.")
 
 

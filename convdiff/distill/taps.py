@@ -13,7 +13,7 @@ forwards of gradient checkpointing (which run during backward) neither grow nor 
 
 import contextlib
 
-from .convert import self_attention_sites
+from ..models.convfusion import self_attention_sites
 
 
 def _tap_module(block):

@@ -12,7 +12,18 @@ with h_l the state right after each self-attention residual add (taps.py); (1, 1
 Teachers: a class-conditional pipeline folder (ClassConditionalPipeline, e.g. the MNIST demo teacher), with
 data `mnist` / `image_folder` / `latents`; or a Stable Diffusion folder (StableDiffusionPipeline /
 StableDiffusionXLPipeline layout: unet, vae, text_encoder, tokenizer, scheduler) with `data: image_folder`
-and captions (text_to_image.py). The saved pipeline is the teacher's pipeline with the student inside.
+and captions (TextToImageDistillTask below). The saved pipeline is the teacher's pipeline with the student inside.
+`make_distill_task` reads the teacher folder and picks the task class (recipes name it `task: distill`).
+
+Text-to-image data: an image-caption folder, `data: image_folder`, `data_path: <folder>`, `resolution: <px>`,
+where every image has its caption in a `.txt` file of the same name (the common LoRA/fine-tune layout), or the
+folder has a `metadata.jsonl` of {"file_name", "text"} rows (the Hugging Face imagefolder layout).
+Per micro batch: VAE latents (a posterior sample, scaled), the teacher's noise schedule and prediction type
+(from its scheduler config), caption dropout to "" with probability `label_dropout` (default 0.1), the
+frozen CLIP text encoder; then the same 3-term loss as the class-conditional path. The saved pipeline is a
+StableDiffusionPipeline folder whose `unet/` is converted: load it with
+`StableDiffusionPipeline.from_pretrained(folder, unet=load_converted(folder + "/unet"))`.
+SDXL teachers convert (convert_self_attention) but their two-encoder training path is not written here.
 """
 
 import copy
@@ -20,11 +31,14 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from ..data.image_folder import CaptionedImageFolder
+from ..models.convfusion import convert_self_attention
+from ..pipelines.text_encoders import encode_prompts
 from ..training.denoise_task import DenoiseTask, check_model_fits_data, model_config_holder
 from ..training.objectives import make_objective
 from ..training.task import Draws
-from .convert import convert_self_attention
 from .losses import distillation_loss
 from .taps import FeatureTaps
 
@@ -54,14 +68,6 @@ def freeze_teacher(teacher):
 
 class DistillTask(DenoiseTask):
     name = "distill"
-
-    def __new__(cls, config):
-        teacher = dict(config.task_options).get("teacher")
-        if cls is DistillTask and teacher and pipeline_class_name(teacher) in TEXT_TO_IMAGE:
-            from .text_to_image import TextToImageDistillTask
-
-            return super().__new__(TextToImageDistillTask)
-        return super().__new__(cls)
 
     def __init__(self, config):
         super().__init__(config)
@@ -118,3 +124,84 @@ class DistillTask(DenoiseTask):
         pipeline = copy.copy(self.teacher_pipeline)
         pipeline.register_modules(transformer=model)
         return pipeline
+
+
+class TextToImageDistillTask(DistillTask):
+    """DistillTask for a Stable Diffusion teacher folder (chosen by make_distill_task when the folder holds one)."""
+
+    def build_dataset(self):
+        config = self.config
+        if config.data != "image_folder" or not config.data_path or not config.resolution:
+            raise ValueError("A Stable Diffusion teacher trains on an image-caption folder: set data=image_folder, "
+                             "data_path=<folder> and resolution=<pixels>.")
+        return CaptionedImageFolder(config.data_path, config.resolution)
+
+    def build_model(self, dataset):
+        from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+        if self.teacher_class != "StableDiffusionPipeline":
+            raise ValueError(f"Distilling a {self.teacher_class} needs its two text encoders and size conditioning, "
+                             "which this task does not provide; convert it with convert_self_attention instead.")
+        self.teacher_pipeline = StableDiffusionPipeline.from_pretrained(self.teacher_path, safety_checker=None,
+                                                                        requires_safety_checker=False)
+        pipe = self.teacher_pipeline
+        self.teacher = freeze_teacher(pipe.unet)
+        for frozen in (pipe.vae, pipe.text_encoder):
+            frozen.eval().requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.caption_dropout = 0.1 if self.config.label_dropout is None else self.config.label_dropout
+        student = make_student(self.teacher, self.options)
+        self.teacher_taps, self.student_taps = FeatureTaps(self.teacher), FeatureTaps(student)
+        return student
+
+    def to_device(self, accelerator):
+        for module in (self.teacher, self.teacher_pipeline.vae, self.teacher_pipeline.text_encoder):
+            module.to(accelerator.device)
+
+    def loss_terms(self, model, batch, draws: Draws):
+        images, captions = batch
+        pipe, scheduler = self.teacher_pipeline, self.noise_scheduler
+        drop = draws.rand() < self.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        with torch.no_grad():
+            posterior = pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist
+            eps = draws.randn(*posterior.mean.shape[1:]).to(images.device)
+            latents = (posterior.mean + posterior.std * eps) * pipe.vae.config.scaling_factor
+            context = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions, images.device)
+        noise = draws.randn(*latents.shape[1:]).to(images.device)
+        t = draws.randint(0, scheduler.config.num_train_timesteps).to(images.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        with self.student_taps.collect() as student_features:
+            student = model(noisy, t, encoder_hidden_states=context).sample
+        with torch.no_grad(), self.teacher_taps.collect() as teacher_features:
+            teacher = self.teacher(noisy, t, encoder_hidden_states=context).sample
+        diffusion = F.mse_loss(student.float(), target.float())
+        return distillation_loss(diffusion, student, teacher, student_features, teacher_features, **self.weights)
+
+    def build_pipeline(self, model):
+        pipeline = copy.copy(self.teacher_pipeline)
+        pipeline.register_modules(unet=model)
+        return pipeline
+
+    def save_samples(self, pipeline, path):
+        from ..training.samples import make_grid
+
+        prompts = [caption for _, caption in self.build_dataset().items[:4]]
+        pipeline.set_progress_bar_config(disable=True)
+        images = pipeline(prompts, num_inference_steps=self.config.sample_num_inference_steps,
+                          height=self.config.resolution, width=self.config.resolution, output_type="np",
+                          generator=torch.Generator().manual_seed(self.config.seed)).images
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        make_grid(images, len(images)).save(path)
+
+
+def make_distill_task(config) -> DistillTask:
+    """The distill task for the recipe's teacher folder: text-to-image for a Stable Diffusion folder."""
+    teacher = dict(config.task_options).get("teacher")
+    if teacher and pipeline_class_name(teacher) in TEXT_TO_IMAGE:
+        return TextToImageDistillTask(config)
+    return DistillTask(config)

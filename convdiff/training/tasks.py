@@ -7,7 +7,7 @@ TASKS = {
     "denoise": "convdiff.training.denoise_task:DenoiseTask",
     "layered": "convdiff.training.layered_task:LayeredTask",
     "controlnet": "convdiff.training.controlnet_task:ControlNetTask",
-    "distill": "convdiff.distill.task:DistillTask",
+    "distill": "convdiff.distill.task:make_distill_task",
     "video": "convdiff.training.video_task:VideoTask",
 }
 
