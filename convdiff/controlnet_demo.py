@@ -70,7 +70,7 @@ def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str = 
 
 def comparison_grid(conditions, controlled, uncontrolled, count: int = 10, per_row: int = 2, zoom: int = 3) -> Image.Image:
     """Rows of (condition | controlled | uncontrolled) triples, `per_row` triples side by side, upscaled."""
-    from .training.samples import make_grid
+    from .grids import make_grid
 
     triples = torch.stack([conditions[:count], controlled[:count], uncontrolled[:count]], dim=1)
     tiles = triples.reshape(-1, *conditions.shape[1:]).permute(0, 2, 3, 1).numpy()

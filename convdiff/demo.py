@@ -25,7 +25,8 @@ def mnist_samples(pipeline, num_samples: int, steps: int, scheduler: str, guidan
                   seed: int = 10_000, progress: bool = True):
     """uint8 samples (N, 28, 28, 1) and their labels (i mod 10), sample i seeded with seed + i."""
     from .pipelines.schedulers import make_scheduler
-    from .sampling import balanced_labels, generate
+    from .grids import balanced_labels
+    from .sampling import generate
 
     pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
     labels = balanced_labels(num_samples, 10)
@@ -69,7 +70,7 @@ def demo_main(argv=None):
         parser.error(f"--fid-samples must be at least 2, got {args.fid_samples}")
 
     from .pipelines import ClassConditionalPipeline
-    from .training.samples import make_grid
+    from .grids import make_grid
 
     config = load_config(args.config, args.overrides)
     steps = args.fid_steps or config.sample_num_inference_steps

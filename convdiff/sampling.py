@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .grids import balanced_labels, grid_labels, make_grid
+
 
 def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
     """A saved ClassConditionalPipeline folder, or a freshly initialised registry model in pixel space."""
@@ -31,10 +33,6 @@ def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
     scheduler = DDPMScheduler(beta_schedule="linear", variance_type="learned_range" if learned else "fixed_small",
                               clip_sample=True)
     return ClassConditionalPipeline(transformer=net, scheduler=scheduler)
-
-
-def balanced_labels(n: int, num_classes: int):
-    return [i % num_classes for i in range(n)] if num_classes else None
 
 
 def generate(pipeline, n: int, seed: int = 0, batch_size: int = 50, labels=None, progress: bool = True, **call_kwargs):
@@ -76,7 +74,6 @@ def sample_main(argv=None):
 
     from .pipelines.schedulers import make_scheduler
     from .training.labels import null_class_and_dropout
-    from .training.samples import grid_labels, make_grid
 
     try:
         overrides = json.loads(args.model_overrides)

@@ -35,7 +35,7 @@ def log(message: str) -> None:
 
 def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: int, batch_size: int = 8):
     """(N, F, H, W, C) floats in [0, 1], class-balanced labels, batch b seeded with seed + b."""
-    from .pipelines.class_conditional import class_info
+    from .models.inputs import class_info
 
     num_classes, _ = class_info(pipeline.transformer.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -76,7 +76,7 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
     from .pipelines.schedulers import make_scheduler
     from .pipelines.video import VideoPipeline
     from .pipelines.video_export import export_to_video
-    from .training.samples import make_grid
+    from .grids import make_grid
     from .training.video_task import load_base_transformer
 
     options = config.task_options

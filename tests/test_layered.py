@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from convdiff.models.layered_unet import LayeredUNetModel, LayeredUNetOutput
-from convdiff.nn.multiscale import (MultiScaleSchedule, consistent_noise, cosine_log_snr, downsample, image_pyramid,
+from convdiff.diffusion.multiscale import (MultiScaleSchedule, consistent_noise, cosine_log_snr, downsample, image_pyramid,
                                     scale_sizes)
 from convdiff.pipelines.layered import LayeredTextToImagePipeline
 from convdiff.pipelines.layered_scheduler import LayeredScheduler

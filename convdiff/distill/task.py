@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.image_folder import CaptionedImageFolder
+from ..grids import make_grid
 from ..models.convfusion import convert_self_attention
 from ..pipelines.text_encoders import encode_prompts
 from ..training.denoise_task import DenoiseTask, check_model_fits_data, model_config_holder
@@ -188,8 +189,6 @@ class TextToImageDistillTask(DistillTask):
         return pipeline
 
     def save_samples(self, pipeline, path):
-        from ..training.samples import make_grid
-
         prompts = [caption for _, caption in self.build_dataset().items[:4]]
         pipeline.set_progress_bar_config(disable=True)
         images = pipeline(prompts, num_inference_steps=self.config.sample_num_inference_steps,

@@ -17,7 +17,6 @@ The config stores the backbone's class and config, so a ControlNet refuses (`che
 model it was not built from.
 """
 
-import importlib
 import os
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .class_paths import class_path, import_class
 from .memory_format import restore_channels_last
 
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
@@ -79,8 +79,7 @@ class ConditioningEmbedding(nn.Module):
 
 
 def backbone_path(model) -> str:
-    cls = type(model)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return class_path(type(model))
 
 
 def plain_config(config) -> dict:
@@ -91,11 +90,7 @@ def plain_config(config) -> dict:
 
 
 def import_backbone_class(path: str):
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"Cannot import the ControlNet's backbone class {path!r}: {error}") from error
+    cls = import_class(path, "ControlNet's backbone")
     missing = [attr for attr in CONTROL_INTERFACE if not hasattr(cls, attr)]
     if missing:
         raise ValueError(f"{path} has no ControlNet interface (missing {', '.join(missing)}); controllable backbones "

@@ -16,13 +16,15 @@ from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be boun
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
+from .checkpointing import run_block
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
 from .memory_format import ChannelsLastMixin
-from .inputs import check_prediction_type, resolve_out_channels
+from .inputs import resolve_out_channels
 
 
 class DiCBlock(nn.Module):
@@ -118,11 +120,6 @@ class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
         init_like_official(self)
         self.use_channels_last()
 
-    def _block(self, block, x, cond):
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, x, cond)
-        return block(x, cond)
-
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
                 down_block_additional_residuals=None, mid_block_additional_residual=None):
         """Encoder -> (+ ControlNet residuals on the skips and the middle output, if given) -> decoder."""
@@ -139,12 +136,12 @@ class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
         for level, (stage, down) in enumerate(zip(self.encoder, self.downsamplers)):
             keep = skip_sources(len(stage), skip_stride)
             for b, block in enumerate(stage):
-                x = self._block(block, x, conds[level])
+                x = run_block(self, block, x, conds[level])
                 if b in keep:
                     skips.append(x)
             x = down(x)
         for block in self.middle:
-            x = self._block(block, x, conds[-1])
+            x = run_block(self, block, x, conds[-1])
         return skips, x
 
     def _decode(self, x, skips, conds):
@@ -155,7 +152,7 @@ class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
             for j, block in enumerate(stage):
                 if j in takes_skip:
                     x = torch.cat([x, skips.pop()], dim=1)
-                x = self._block(block, x, conds[cond_index])
+                x = run_block(self, block, x, conds[cond_index])
         return self.head(self.output_conv(x), conds[self.decoder_condition_index[-1]])
 
     # ---- ControlNet interface (control_points.py) -------------------------------------------------------

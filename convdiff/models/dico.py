@@ -12,14 +12,16 @@ from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be boun
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from ..diffusion.prediction import check_prediction_type
 from ..nn.channel_attention import CompactChannelAttention
 from ..nn.embeddings import StageConditioning
 from ..nn.modulation import AdaLNModulation, gate, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
+from .checkpointing import run_block
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
 from .memory_format import ChannelsLastMixin
-from .inputs import check_prediction_type, resolve_out_channels
+from .inputs import resolve_out_channels
 
 
 class DiCoBlock(nn.Module):
@@ -98,10 +100,7 @@ class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
 
     def _stage(self, blocks, x, cond):
         for block in blocks:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, cond)
-            else:
-                x = block(x, cond)
+            x = run_block(self, block, x, cond)
         return x
 
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,

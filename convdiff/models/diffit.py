@@ -22,13 +22,15 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from einops import rearrange
 from torch import nn
 
+from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
 from ..nn.position import sincos_2d_position_embedding
 from ..nn.resample import init_like_official, xavier_like_linear
 from ..nn.tmsa import TimeDependentSelfAttention
 from ..nn.window import check_window, repeat_per_window, window_merge, window_partition
+from .checkpointing import run_block
 from .control_points import ControlPoints, check_in_flight_residuals
-from .inputs import (broadcast_timesteps, check_class_labels, check_prediction_type, check_sample,
+from .inputs import (broadcast_timesteps, check_class_labels, check_sample,
                      resolve_out_channels)
 
 
@@ -195,9 +197,7 @@ class DiffiTModel(ModelMixin, ConfigMixin):
 
     def _block(self, block, x, temb):
         grid = self.grid_size
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(run_in_windows, block, x, temb, grid, grid, self.window)
-        return run_in_windows(block, x, temb, grid, grid, self.window)
+        return run_block(self, run_in_windows, block, x, temb, grid, grid, self.window)
 
     def _head(self, x):
         """Unconditioned final layer, then tokens back to (B, out_channels, H, W)."""

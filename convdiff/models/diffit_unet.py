@@ -19,11 +19,13 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from einops import rearrange
 from torch import nn
 
+from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding
 from ..nn.norms import group_norm
+from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .diffit import DiffiTBlock, run_in_windows, time_token
-from .inputs import check_prediction_type, resolve_out_channels
+from .inputs import resolve_out_channels
 
 
 class DiffiTResBlock(nn.Module):
@@ -137,11 +139,6 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_conv.bias)
         self.gradient_checkpointing = False
 
-    def _block(self, block, x, temb):
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, x, temb)
-        return block(x, temb)
-
     # ---- forward, in three stages: condition -> encoder + middle (skips) -> decoder -----------------------
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
                 down_block_additional_residuals=None, mid_block_additional_residual=None):
@@ -166,12 +163,12 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         skips = []
         for level, stage in enumerate(self.encoder):
             for block in stage:
-                x = self._block(block, x, temb)
+                x = run_block(self, block, x, temb)
             skips.append(x)
             if level < self.levels - 1:
                 x = self.downsamplers[level](x)
         for block in self.middle:
-            x = self._block(block, x, temb)
+            x = run_block(self, block, x, temb)
         return skips, x
 
     def _decode(self, x, skips, temb):
@@ -180,7 +177,7 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         for index, stage in enumerate(self.decoder):
             x = torch.cat([x, skips.pop()], dim=1)
             for block in stage:
-                x = self._block(block, x, temb)
+                x = run_block(self, block, x, temb)
             if index < len(self.upsamplers):
                 x = self.upsamplers[index](x)
         return self.out_conv(F.silu(self.out_norm(x)))

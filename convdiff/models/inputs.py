@@ -48,26 +48,52 @@ def check_class_labels(class_labels, batch_size: int, num_classes: int, has_null
         labels = labels.expand(batch_size)
     if labels.shape[0] != batch_size:
         raise ValueError(f"got {labels.shape[0]} class labels for a batch of {batch_size}.")
-    highest = num_classes if has_null_class else num_classes - 1
     # A compiled graph cannot branch on values (a graph break per call); there the label table's own bounds
     # check (inductor asserts indirect indices) still fails loudly.
-    if not torch.compiler.is_compiling() and bool(((labels < 0) | (labels > highest)).any()):
-        bad = labels[(labels < 0) | (labels > highest)].tolist()
-        null_note = f"; {num_classes} is the null class" if has_null_class else ""
-        raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {bad}.")
+    if not torch.compiler.is_compiling():
+        check_label_range(labels, num_classes, num_classes if has_null_class else None)
     return labels
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+def check_label_range(labels: torch.Tensor, num_classes: int, null_id) -> None:
+    """Class ids in [0, num_classes - 1], or up to the null id where the model has one."""
+    highest = num_classes if null_id is not None else num_classes - 1
+    bad = (labels < 0) | (labels > highest)
+    if bool(bad.any()):
+        null_note = f" ({null_id} is the null class, for unconditional samples)" if null_id is not None else ""
+        raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {labels[bad].tolist()}.")
 
 
-def check_prediction_type(prediction_type: str, learn_sigma: bool) -> None:
-    """The config records what the model predicts, so pipelines can refuse a sampler that does not fit."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}; got {prediction_type!r}.")
-    if learn_sigma and prediction_type != "epsilon":
-        raise ValueError(f"learned sigma goes with prediction_type='epsilon' (the ADM hybrid loss); "
-                         f"set learn_sigma=False for {prediction_type!r}.")
+def label_ids(class_labels, num_classes: int, null_id) -> torch.Tensor:
+    """A pipeline's class_labels (an int or a sequence of ints) as a long (N,) tensor of ids in range."""
+    if isinstance(class_labels, str) or (isinstance(class_labels, (list, tuple))
+                                         and any(isinstance(c, str) for c in class_labels)):
+        raise ValueError("class_labels must be integer ids; map names with pipe.get_label_ids([...]) first.")
+    labels = torch.as_tensor(class_labels).reshape(-1)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}.")
+    labels = labels.long()
+    check_label_range(labels, num_classes, null_id)
+    return labels
+
+
+def class_info(config) -> tuple[int, int | None]:
+    """(number of classes, null class id or None) read from a denoiser config.
+
+    convdiff models: `num_classes` (0 = unconditional), null id = num_classes when `class_dropout_prob > 0`.
+    diffusers' DiTTransformer2DModel: `num_embeds_ada_norm`; its label table always has the extra null row.
+    diffusers' UNet2DModel: `num_class_embeds` (class_embed_type None), no null row (so no guidance).
+    """
+    if "num_classes" in config:
+        num_classes = int(config["num_classes"] or 0)
+        has_null = num_classes > 0 and float(config.get("class_dropout_prob", 0.0) or 0.0) > 0
+        return num_classes, (num_classes if has_null else None)
+    if config.get("num_embeds_ada_norm"):
+        num_classes = int(config["num_embeds_ada_norm"])
+        return num_classes, num_classes
+    if config.get("num_class_embeds") and config.get("class_embed_type") is None:
+        return int(config["num_class_embeds"]), None  # diffusers' UNet2DModel: a plain label table, no null row
+    return 0, None
 
 
 def resolve_out_channels(in_channels: int, out_channels, learn_sigma: bool) -> int:

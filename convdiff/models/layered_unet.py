@@ -11,7 +11,7 @@ Layered Diffusion (Khwaja et al., arXiv 2407.06079; reference/distill_control.md
   `attention_resolutions` and in the middle: self-attention, plus cross-attention to text-encoder hidden
   states (`encoder_hidden_states`, like diffusers' UNet2DConditionModel) when cross_attention_dim is set;
 - **an output head at every scale**, so the model predicts every scale's target and the loss is a sum
-  over scales (training/layered_task.py). Noise and schedules across scales: nn/multiscale.py.
+  over scales (training/layered_task.py). Noise and schedules across scales: diffusion/multiscale.py.
 
 With num_scales=1 the same code is a plain single-resolution U-Net (the benchmark's baseline).
 The stages are separate methods (`encode` -> skips, `middle`, `decode`) so adapters such as ControlNet can add
@@ -27,9 +27,11 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..diffusion.multiscale import PREDICTION_TYPES, scale_sizes
+from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
-from ..nn.multiscale import check_prediction_type, scale_sizes
 from ..nn.spatial_transformer import SpatialTransformer
+from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .inputs import broadcast_timesteps, check_class_labels, check_sample
 
@@ -100,7 +102,7 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
         prediction_type: str = "v_prediction",
     ):
         super().__init__()
-        check_prediction_type(prediction_type)
+        check_prediction_type(prediction_type, supported=PREDICTION_TYPES)
         widths = list(block_out_channels)
         levels = len(widths)
         if not 1 <= num_scales <= levels:
@@ -219,11 +221,6 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
         return encoder_hidden_states
 
     # ---- stages -------------------------------------------------------------------------------------
-    def _layer(self, layer, x, emb, context, context_mask):
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(layer, x, emb, context, context_mask)
-        return layer(x, emb, context, context_mask)
-
     @staticmethod
     def takes_features_from_above(level: int, num_scales: int, isolated: bool) -> bool:
         """Whether encoder level `level` (> 0) starts from the downsampled features of the level above."""
@@ -244,13 +241,13 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
                 h = x if h is None else h + x
             skips.append(h)
             for layer in stage:
-                h = self._layer(layer, h, emb, context, context_mask)
+                h = run_block(self, layer, h, emb, context, context_mask)
                 skips.append(h)
         return h, skips
 
     def middle(self, h, emb, context=None, context_mask=None):
         for layer in self.middle_layers:
-            h = self._layer(layer, h, emb, context, context_mask)
+            h = run_block(self, layer, h, emb, context, context_mask)
         return h
 
     def decode(self, h, skips, emb, context=None, context_mask=None) -> list[torch.Tensor]:
@@ -258,7 +255,7 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
         skips, outputs = list(skips), []
         for level in reversed(range(len(self.decoder))):
             for layer in self.decoder[level]:
-                h = self._layer(layer, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+                h = run_block(self, layer, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
             if level < len(self.output_heads):
                 outputs.append(self.output_heads[level](h))
             if level > 0:

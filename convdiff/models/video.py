@@ -23,7 +23,6 @@ A degenerate grid is fine: V=1 is plain video (view layers skip), T=1 is a set o
 (temporal attention skips), so image, video and multi-view data can share one model.
 """
 
-import importlib
 import inspect
 from dataclasses import dataclass
 from itertools import chain
@@ -51,6 +50,7 @@ from ..nn.spatiotemporal import (
     attention_heads,
 )
 from ..nn.view_time_attention import FusedViewTimeAttention
+from .class_paths import class_path, import_class
 from .inputs import broadcast_timesteps
 from .memory_format import restore_channels_last
 
@@ -143,17 +143,9 @@ class FrameConditionedTimestepEmbedding(nn.Module):
 
 # --- the 2D backbone: where its blocks are, how to call it -------------------------------------------------------
 
-def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def resolve_base_class(path: str) -> type:
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import the 2D backbone class {path!r} recorded in this model's config.") from None
-    if not (isinstance(cls, type) and issubclass(cls, ModelMixin)):
+    cls = import_class(path, "2D backbone")
+    if not issubclass(cls, ModelMixin):
         raise ValueError(f"{path!r} is not a diffusers ModelMixin class, so it cannot be the 2D backbone.")
     return cls
 
@@ -568,7 +560,7 @@ def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "att
             raise ValueError(f"inflate needs a diffusers ModelMixin 2D model, got {type(model).__name__}.")
         base_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
         cls = InflatedVideoModel if to == "video" else InflatedFourDModel
-        inflated = cls(base_class=qualified_name(type(model)), base_config=base_config, **options)
+        inflated = cls(base_class=class_path(type(model)), base_config=base_config, **options)
         inflated.load_spatial_state_dict(model.state_dict())
     param = next(model.parameters())
     inflated.to(param.device)

@@ -33,31 +33,13 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..models.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 FLOW_PARAMETERISATIONS = ("flow", "flow_prediction", "rectified_flow")
 LEARNED_VARIANCE = ("learned", "learned_range")
-
-
-def class_info(config) -> tuple[int, int | None]:
-    """(number of classes, null class id or None) read from a denoiser config.
-
-    convdiff models: `num_classes` (0 = unconditional), null id = num_classes when `class_dropout_prob > 0`.
-    diffusers' DiTTransformer2DModel: `num_embeds_ada_norm`; its label table always has the extra null row.
-    diffusers' UNet2DModel: `num_class_embeds` (class_embed_type None), no null row (so no guidance).
-    """
-    if "num_classes" in config:
-        num_classes = int(config["num_classes"] or 0)
-        has_null = num_classes > 0 and float(config.get("class_dropout_prob", 0.0) or 0.0) > 0
-        return num_classes, (num_classes if has_null else None)
-    if config.get("num_embeds_ada_norm"):
-        num_classes = int(config["num_embeds_ada_norm"])
-        return num_classes, num_classes
-    if config.get("num_class_embeds") and config.get("class_embed_type") is None:
-        return int(config["num_class_embeds"]), None  # diffusers' UNet2DModel: a plain label table, no null row
-    return 0, None
 
 
 def model_parameterisation(config) -> str | None:
@@ -192,18 +174,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if class_labels is None:
             raise ValueError(f"The transformer is class-conditional ({num_classes} classes): pass class_labels, "
                              "e.g. [0, 1] or pipe.get_label_ids(['name', ...]).")
-        if isinstance(class_labels, str) or (isinstance(class_labels, (list, tuple))
-                                             and any(isinstance(c, str) for c in class_labels)):
-            raise ValueError("class_labels must be integer ids; map names with pipe.get_label_ids([...]) first.")
-        labels = torch.as_tensor(class_labels).reshape(-1)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}.")
-        labels = labels.long()
-        highest = num_classes if null_id is not None else num_classes - 1
-        bad = labels[(labels < 0) | (labels > highest)].tolist()
-        if bad:
-            null_note = f" ({null_id} is the null class, for unconditional samples)" if null_id is not None else ""
-            raise ValueError(f"class ids must lie in [0, {highest}]{null_note}; got {bad}.")
+        labels = label_ids(class_labels, num_classes, null_id)
         if batch_size is not None and int(batch_size) != labels.numel():
             if labels.numel() != 1:
                 raise ValueError(f"batch_size={batch_size} but {labels.numel()} class labels were given; "

@@ -20,7 +20,8 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..nn.multiscale import consistent_noise
+from ..diffusion.multiscale import consistent_noise
+from ..models.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
 from .layered_scheduler import LayeredScheduler
 from .text_encoders import encode_prompts
@@ -98,15 +99,8 @@ class LayeredTextToImagePipeline(DiffusionPipeline):
         if config.num_classes:
             if class_labels is None:
                 raise ValueError(f"this unet is class-conditional ({config.num_classes} classes): pass class_labels.")
-            labels = torch.as_tensor([class_labels] if isinstance(class_labels, int) else class_labels).reshape(-1)
-            if labels.is_floating_point() or labels.dtype == torch.bool:
-                raise ValueError(f"class_labels must be integer ids, got dtype {labels.dtype}.")
-            labels = labels.long()
-            null = config.num_classes if config.class_dropout_prob > 0 else None
-            highest = config.num_classes if null is not None else config.num_classes - 1
-            bad = labels[(labels < 0) | (labels > highest)].tolist()
-            if bad:
-                raise ValueError(f"class ids must lie in [0, {highest}]; got {bad}.")
+            num_classes, null = class_info(config)
+            labels = label_ids(class_labels, num_classes, null)
             if guidance_scale > 1 and null is None:
                 raise ValueError("classifier-free guidance needs a null class (a unet built with class_dropout_prob > 0); "
                                  "use guidance_scale=1.")

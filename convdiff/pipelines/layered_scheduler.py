@@ -1,6 +1,6 @@
 """The sampler of the layered model: DDIM (eta = 0) or ancestral (eta = 1) steps on per-scale shifted cosine schedules.
 
-diffusers' schedulers hold one noise schedule; a layered model needs one per resolution (nn/multiscale.py),
+diffusers' schedulers hold one noise schedule; a layered model needs one per resolution (diffusion/multiscale.py),
 all indexed by the same time t in [0, 1]. `LayeredScheduler` keeps the diffusers scheduler shape
 (`set_timesteps`, `timesteps`, `scale_model_input`, `step(...).prev_sample`, `add_noise`, saved as
 `scheduler_config.json`) but works on lists of per-scale tensors, top first. Timesteps are t * 1000, the
@@ -16,7 +16,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..nn.multiscale import MultiScaleSchedule, check_prediction_type, consistent_noise
+from ..diffusion.multiscale import PREDICTION_TYPES, MultiScaleSchedule, consistent_noise
+from ..diffusion.prediction import check_prediction_type
 
 
 @dataclass
@@ -46,7 +47,7 @@ class LayeredScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, sample_sizes: tuple = (64, 32, 16), base_resolution: int | None = None,
                  logsnr_min: float = -15.0, logsnr_max: float = 15.0, prediction_type: str = "v_prediction",
                  num_train_timesteps: int = 1000, clip_sample: bool = True, clip_sample_range: float = 1.0):
-        check_prediction_type(prediction_type)
+        check_prediction_type(prediction_type, supported=PREDICTION_TYPES)
         self.schedule = MultiScaleSchedule(sample_sizes, base_resolution, logsnr_min, logsnr_max)
         self.num_inference_steps = None
         self.timesteps = torch.tensor([float(num_train_timesteps)])

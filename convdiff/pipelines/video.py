@@ -31,7 +31,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .arguments import check_sampling_arguments
-from .class_conditional import ClassConditionalPipeline, class_info
+from ..models.inputs import class_info
+from .class_conditional import ClassConditionalPipeline
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

@@ -26,7 +26,7 @@ from ..pipelines.controlnet import ControlNetPipeline
 from ..pipelines.schedulers import make_scheduler
 from .denoise_task import DenoiseTask, check_model_fits_data
 from .objectives import make_objective
-from .samples import make_grid
+from ..grids import make_grid
 from .task import Draws
 
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -8,19 +8,23 @@ diffusers' UNet2DModel (`num_class_embeds`, class_embed_type None) has no null r
 import torch
 from diffusers.models.embeddings import LabelEmbedding as DiffusersLabelEmbedding
 
+from ..models.inputs import class_info
+
 
 def null_class_and_dropout(model):
-    """(number of classes, null id or None, dropout probability) for convdiff and diffusers models."""
+    """(number of classes, null id or None, dropout probability) for convdiff and diffusers models.
+
+    Classes and null id are read as the pipelines read them (models/inputs.py `class_info`); the dropout rate is
+    the model's own (convdiff: class_dropout_prob; diffusers' DiT: its label embedders' rate)."""
     config = model.config
+    num_classes, null_id = class_info(config)
     if "num_classes" in config:
-        has_null = config.class_dropout_prob > 0
-        return config.num_classes, (config.num_classes if has_null else None), config.class_dropout_prob
+        # A convdiff model with label dropout draws a drop mask even when unconditional (null id 0): kept as it
+        # was, so the random draws of a training run stay what they were.
+        dropout = config.class_dropout_prob
+        return num_classes, (config.num_classes if dropout > 0 else None), dropout
     embedders = [m for m in model.modules() if isinstance(m, DiffusersLabelEmbedding)]
-    if embedders:
-        return embedders[0].num_classes, embedders[0].num_classes, embedders[0].dropout_prob
-    if config.get("num_class_embeds") and config.get("class_embed_type") is None:  # diffusers' UNet2DModel
-        return int(config["num_class_embeds"]), None, 0.0
-    return 0, None, 0.0
+    return num_classes, null_id, (embedders[0].dropout_prob if embedders else 0.0)
 
 
 def disable_internal_label_dropout(model) -> None:

@@ -1,7 +1,7 @@
 """Training task `layered`: the layered U-Net with a loss at every scale, class- and/or text-conditional.
 
 One micro step: draw one full-resolution noise and one time t ~ U[0, 1] per image; build the clean image
-pyramid (average pooling) and the consistent noise of every scale (nn/multiscale.py); noise every scale on
+pyramid (average pooling) and the consistent noise of every scale (diffusion/multiscale.py); noise every scale on
 its resolution-shifted cosine schedule; the model predicts every scale at once and the loss is
 sum_s w_s * MSE_s (task_options.loss_weights, default all 1).
 
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ..nn.multiscale import MultiScaleSchedule, consistent_noise, image_pyramid
+from ..diffusion.multiscale import MultiScaleSchedule, consistent_noise, image_pyramid
 from ..pipelines.layered import LayeredTextToImagePipeline
 from ..pipelines.layered_scheduler import LayeredScheduler
 from ..pipelines.text_encoders import encode_prompts, load_text_encoder, tiny_text_encoder
 from ..registry import create_model
 from .denoise_task import model_config_holder
-from .samples import grid_labels, make_grid
+from ..grids import grid_labels, make_grid
 from .task import Draws, TrainingTask
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
+from ..grids import grid_labels, make_grid  # noqa: F401 (also imported from here by video_task.py)
 from ..pipelines.schedulers import make_scheduler
 
 
@@ -17,24 +17,6 @@ def build_pipeline(model, objective, config):
 
     vae = AutoencoderKL.from_pretrained(config.vae) if config.vae else None
     return ClassConditionalPipeline(transformer=model, scheduler=objective.make_scheduler(), vae=vae)
-
-
-def grid_labels(num_classes: int, rows: int = 10):
-    """One column per class (up to 10), `rows` samples each: the 10x10 class grid."""
-    columns = min(num_classes, 10)
-    return [c for _ in range(rows) for c in range(columns)], columns
-
-
-def make_grid(images: np.ndarray, columns: int) -> Image.Image:
-    """(N, H, W, C) floats in [0, 1] -> one PIL image, row-major."""
-    n, h, w, c = images.shape
-    rows = -(-n // columns)
-    canvas = np.ones((rows * h, columns * w, c), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
-    array = (canvas * 255).round().clip(0, 255).astype(np.uint8)
-    return Image.fromarray(array[..., 0] if c == 1 else array)
 
 
 def sample_grid(pipeline, num_classes: int, num_inference_steps: int, scheduler: str, guidance_scale: float = 1.0,

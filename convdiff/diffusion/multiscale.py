@@ -21,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .prediction import check_prediction_type
+
 
 def scale_sizes(sample_size: int, num_scales: int) -> list[int]:
     """Resolutions top first, halving each time: scale_sizes(32, 3) == [32, 16, 8]."""
@@ -74,7 +76,7 @@ def alpha_sigma(log_snr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the per-scale targets and inversions below handle
 
 
 class MultiScaleSchedule:
@@ -112,7 +114,7 @@ class MultiScaleSchedule:
 
     def target(self, prediction_type: str, clean: list, noise: list, t: torch.Tensor) -> list[torch.Tensor]:
         """What the model should output at every scale: eps, v = alpha * eps - sigma * x0, or x0."""
-        check_prediction_type(prediction_type)
+        check_prediction_type(prediction_type, supported=PREDICTION_TYPES)
         if prediction_type == "epsilon":
             return list(noise)
         if prediction_type == "sample":
@@ -123,14 +125,10 @@ class MultiScaleSchedule:
     def predict_clean_and_noise(self, prediction_type: str, output: torch.Tensor, x_t: torch.Tensor,
                                 alpha: torch.Tensor, sigma: torch.Tensor):
         """(x0, eps) implied by one scale's model output."""
-        check_prediction_type(prediction_type)
+        check_prediction_type(prediction_type, supported=PREDICTION_TYPES)
         if prediction_type == "v_prediction":
             return alpha * x_t - sigma * output, sigma * x_t + alpha * output
         if prediction_type == "epsilon":
             return (x_t - sigma * output) / alpha, output
         return output, (x_t - alpha * output) / sigma
 
-
-def check_prediction_type(prediction_type: str) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}; got {prediction_type!r}.")
