@@ -3,7 +3,7 @@
 For every model x precision (x memory layout) this builds the model from the registry, counts the FLOPs of
 one image's forward pass, times batched forward passes under `torch.inference_mode`, and prints a markdown
 table; the table, the throughput ratios against the papers' targets, and the exact command, machine and date
-are appended to docs/benchmarks.md (DESIGN.md: benchmarks are scripts that write rows, not timed tests).
+are appended to docs/benchmarks.md (benchmarks are scripts that write rows, not timed tests: docs/architecture.md).
 
 What is counted (`count_flops`): torch's `FlopCounterMode` counts matmuls (mm/addmm/bmm) and convolutions,
 including grouped and depthwise ones (it uses the weight's in-channels-per-group), at 2 FLOPs per
@@ -42,7 +42,8 @@ DEFAULT_MODELS = ["dic-s", "dico-s", "dit-s-2", "dic-xl", "dico-xl", "dit-xl-2"]
 PRECISIONS = ("fp32", "bf16")
 # Matmul ceilings (GFLOP/s) the lead measured for this class of machine (2 cores); overridable on the command line.
 DEFAULT_PEAKS = {"fp32": 210.0, "bf16": 850.0}
-# The papers' "GFLOPs" (which are MACs) at 256px (reference/backbones.md §2.3, §3.3, §5.1).
+# The papers' "GFLOPs" (which are MACs) at 256px: DiC (arXiv 2501.00603), DiCo (arXiv 2505.11196, Table 6),
+# DiT (Peebles & Xie, ICCV 2023, Tables 1 and 4).
 PAPER_GMACS = {
     "dic-s": 5.87, "dic-b": 23.46, "dic-xl": 116.14, "dic-h": 204.40,
     "dico-s": 4.25, "dico-b": 16.88, "dico-l": 60.24, "dico-xl": 87.30, "dico-h": 194.15,

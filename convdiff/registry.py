@@ -24,12 +24,13 @@ def _dit(heads: int, head_dim: int, layers: int) -> dict:
 _MNIST_CONVDIFF = dict(in_channels=1, sample_size=28, num_classes=10, learn_sigma=False)
 
 MODELS = {
-    # DiC (reference/backbones.md §2.3): widths hidden_size * [1, 2, 4, 2, 1], skip stride 3.
+    # DiC (Tian et al., CVPR 2025, arXiv 2501.00603; official dic_models.py): widths hidden_size * [1, 2, 4, 2, 1],
+    # skip stride 3.
     "dic-s": (DiCModel, dict(hidden_size=96, depth=[6, 6, 5, 6, 6])),
     "dic-b": (DiCModel, dict(hidden_size=192, depth=[6, 6, 5, 6, 6])),
     "dic-xl": (DiCModel, dict(hidden_size=384, depth=[7, 7, 8, 7, 7])),
     "dic-h": (DiCModel, dict(hidden_size=384, depth=[14, 14, 10, 14, 14])),
-    # DiCo (reference/backbones.md §3.3).
+    # DiCo (Ai et al., NeurIPS 2025, arXiv 2505.11196), Table 6.
     "dico-s": (DiCoModel, dict(hidden_size=128, depth=[5, 4, 4, 4, 4], mlp_ratio=2)),
     "dico-b": (DiCoModel, dict(hidden_size=256, depth=[5, 4, 4, 4, 4], mlp_ratio=2)),
     "dico-l": (DiCoModel, dict(hidden_size=352, depth=[9, 8, 9, 8, 9], mlp_ratio=2)),
@@ -56,7 +57,7 @@ MODELS = {
                                      layers_per_block=2, down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
                                      up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
                                      num_class_embeds=10)),  # 1.62M
-    # Layered U-Net (reference/distill_control.md §4): a head in and out at every scale; set cross_attention_dim
+    # Layered U-Net (Khwaja et al., arXiv 2407.06079): a head in and out at every scale; set cross_attention_dim
     # to the text encoder's width for text conditioning. MNIST: 1x32x32 (padded digits), scales 32/16/8.
     "layered-unet-tiny": (LayeredUNetModel, dict(sample_size=16, in_channels=3, num_scales=2, block_out_channels=[16, 32],
                                                  layers_per_block=1, attention_resolutions=[8], attention_head_dim=8,
@@ -64,8 +65,8 @@ MODELS = {
     "layered-unet-mnist": (LayeredUNetModel, dict(sample_size=32, in_channels=1, num_scales=3, block_out_channels=[32, 64, 64],
                                                   layers_per_block=1, attention_resolutions=[8], attention_head_dim=32,
                                                   norm_num_groups=8, num_classes=10)),
-    # DiffiT latent (reference/backbones.md §4.2): XL is the released model (561.33M at 256, global TMSA with a
-    # relative position bias over the 16x16 grid; 32x32 at 512). S/B/L are not in the paper: DiT's widths/depths.
+    # DiffiT latent (Hatamizadeh et al., ECCV 2024, arXiv 2312.02139): XL is the released model (561.33M at 256,
+    # global TMSA with a relative position bias over the 16x16 grid; 32x32 at 512). S/B/L are not in the paper: DiT's widths/depths.
     "diffit-s": (DiffiTModel, dict(hidden_size=384, depth=12, num_heads=6)),
     "diffit-b": (DiffiTModel, dict(hidden_size=768, depth=12, num_heads=12)),
     "diffit-l": (DiffiTModel, dict(hidden_size=1024, depth=24, num_heads=16)),
@@ -73,7 +74,7 @@ MODELS = {
     "diffit-xl-512": (DiffiTModel, dict(hidden_size=1152, depth=28, num_heads=16, sample_size=64)),
     "diffit-tiny": (DiffiTModel, dict(hidden_size=32, depth=2, num_heads=2, sample_size=16, num_classes=10)),
     "diffit-mnist": (DiffiTModel, dict(hidden_size=128, depth=6, num_heads=4, **_MNIST_CONVDIFF)),  # 1.58M, 14x14 tokens
-    # Image-space DiffiT U-Net (reference/backbones.md §4.3; paper App. H: 128-channel tokenizer, 256 channels,
+    # Image-space DiffiT U-Net (arXiv 2312.02139, App. H: 128-channel tokenizer, 256 channels,
     # 4 ResBlocks per stage, windows 4 / 8; unconditional like the paper's CIFAR-10 and FFHQ-64 models).
     "diffit-unet-cifar10": (DiffiTUNetModel, dict(sample_size=32, block_out_channels=[256] * 3, layers_per_block=[4] * 3,
                                                   window_size=4)),  # 45.4M
@@ -90,7 +91,8 @@ MODELS = {
     "sd-unet-mnist": (LabelConditionedUNet, dict(attention_levels=[False, True, False])),
 }
 
-# Parameter counts of the official models (reference/backbones.md; DiCo counts are the training logs' exact ones).
+# Parameter counts of the official models (the papers' tables and the released code; DiCo counts are its
+# training logs' exact ones).
 PAPER_PARAMS = {
     "dic-s": 32.84e6, "dic-b": 129.53e6, "dic-xl": 702.27e6, "dic-h": 1034.52e6,
     "dico-s": 33_137_672, "dico-b": 129_992_712, "dico-l": 463_897_992, "dico-xl": 701_151_368, "dico-h": 1037.4e6,

@@ -40,7 +40,7 @@ def unet_inputs(batch=2, height=16, width=16, seed=0):
 # ------------------------------------------------------------------------------------------------ ΔConvBlock
 
 def reference_delta_conv(block: DeltaConvBlock, x):
-    """The released design written out on NCHW with 1x1 convs (reference §1.2)."""
+    """The released design written out on NCHW with 1x1 convs (the released ΔConvFusion code, arXiv 2504.21292)."""
     inner = F.conv2d(x, block.proj_in.weight[:, :, None, None], block.proj_in.bias)
     height, width = x.shape[-2:]
     outs = []

@@ -27,7 +27,7 @@ def tiny(**overrides):
 
 def test_diffit_xl_has_exactly_the_released_parameter_count():
     count, model = meta_params("diffit-xl")
-    # 561,330,144 = the official DiffiT-XL/2 at 256 (depth 28; reference/backbones.md §4.2), of which 294,912
+    # 561,330,144 = the official DiffiT-XL/2 at 256 (depth 28; the released NVlabs/DiffiT checkpoint), of which 294,912
     # are the frozen sin-cos pos_embed Parameter the official code also counts.
     assert count == 561_330_144
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 561_330_144 - 256 * 1152
@@ -160,7 +160,7 @@ def test_diffit_block_attention_names_for_module_swaps():
 # ---- official checkpoint converter ------------------------------------------------------------------------
 
 def official_layout(depth=2, hidden=32, heads=2, grid=4, patch=2, in_channels=4, classes=10, seed=0, index=True):
-    """A state dict under the official DiffiT key names (reference/backbones.md §4.6), shapes by hand."""
+    """A state dict under the official DiffiT key names (the released NVlabs/DiffiT checkpoint), shapes by hand."""
     g = torch.Generator().manual_seed(seed)
     shapes = {
         "x_embedder.proj.weight": (hidden, in_channels, patch, patch), "x_embedder.proj.bias": (hidden,),

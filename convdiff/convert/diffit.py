@@ -1,6 +1,6 @@
 """The official DiffiT checkpoint layout (`diffit_256.safetensors`, `diffit_512.safetensors`; NVlabs/DiffiT).
 
-A flat state dict under the official module names (reference/backbones.md §4.6):
+A flat state dict under the official module names (the NVlabs/DiffiT release; docs/parity.md):
 `x_embedder.proj`, `t_embedder.mlp.{0,2}`, `y_embedder.embedding_table`, `pos_embed`,
 `blocks.N.attn.{qkv, qkv_temb, proj, relative_position_bias_table, relative_position_index}`,
 `blocks.N.mlp.{fc1, fc2}`, `final_layer.linear`. DiffiTModel keeps these names except that the bias table and

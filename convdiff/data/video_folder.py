@@ -5,8 +5,8 @@ Layout: `<root>/<class name>/<videos>` (labels = class folders, as ImageFolder) 
 (AnimateDiff's sampling: span = min(n, (F - 1) * stride + 1), F indices spread evenly over the span),
 resized so the short side is `resolution` and cropped to a square, in [-1, 1], shaped (C, F, H, W).
 
-Robustness (reference/video4d.md §7.1): decord reads happen in a separate worker process under a deadline,
-because decord can loop forever in native code while holding the GIL on a file whose header over-reports
+Robustness (decord 0.6.0, its last release, June 2021): decord reads happen in a separate worker process
+under a deadline, because decord can loop forever in native code while holding the GIL on a file whose header over-reports
 its frame count; such a worker is killed and restarted. A file that cannot be opened, is truncated, or
 times out is skipped with a warning (the next file in the folder is used instead) and never retried.
 Inside DataLoader worker processes (daemonic, so they cannot start children) the read runs in a thread
@@ -38,7 +38,7 @@ def require_decord():
         import decord
     except ImportError as error:
         raise ImportError("Reading video files needs decord: pip install 'convdiff[video]' (decord==0.6.0; "
-                          "x86_64 Linux/Windows wheels only, see reference/video4d.md §7.1).") from error
+                          "x86_64 Linux/Windows wheels only, see docs/video.md).") from error
     return decord
 
 

@@ -1,6 +1,6 @@
 """Noise and noise schedules that stay consistent across the resolution scales of a layered diffusion model.
 
-Layered Diffusion (Khwaja et al., arXiv 2407.06079; reference/distill_control.md §4) denoises an image at
+Layered Diffusion (Khwaja et al., arXiv 2407.06079) denoises an image at
 several resolutions at once. Two rules tie the scales together:
 
 - **one noise draw**: the noise of a lower scale is the full-resolution noise average-pooled by the scale

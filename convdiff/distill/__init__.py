@@ -1,5 +1,6 @@
 """ΔConvFusion: swap the self-attention of a diffusers model for ΔConvBlocks (or linear attention) and
-distil them from the frozen original (reference/distill_control.md §1, §2, §5).
+distil them from the frozen original (Dong et al., ICCV 2025, arXiv 2504.21292; LinFusion: Liu et al.,
+arXiv 2409.02097).
 
 The module swap is model surgery and lives in convdiff/models/convfusion.py; this package holds the training
 side (task, losses, feature taps) and the adapter files. The names load on first use, so

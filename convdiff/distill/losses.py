@@ -1,4 +1,4 @@
-"""The ΔConvFusion distillation objective (reference §1.4), computed in float32:
+"""The ΔConvFusion distillation objective (Dong et al., ICCV 2025, arXiv 2504.21292), computed in float32:
 
     L = w_noise * L_diffusion(student) + w_teacher * MSE(student, teacher)
         + w_feature * sum over layers of MSE(h_student^l, h_teacher^l)          (summed, not averaged)

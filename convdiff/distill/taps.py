@@ -1,5 +1,6 @@
 """Feature taps for layer-wise distillation: the hidden state right after the self-attention residual add,
-h + attn1(norm1(h)) (gated by adaLN in DiT / PixArt), of every transformer block (reference §1.4, §5.4).
+h + attn1(norm1(h)) (gated by adaLN in DiT / PixArt), of every transformer block (ΔConvFusion: Dong et al.,
+ICCV 2025, arXiv 2504.21292).
 
 No monkey-patching: the tapped tensor is the input of the first module the block calls after the add, so a
 forward pre-hook on that module sees it:

@@ -1,4 +1,5 @@
-"""`task: distill`: ΔConvFusion distillation through the one accelerate loop (reference §1.3-§1.5).
+"""`task: distill`: ΔConvFusion distillation through the one accelerate loop (Dong et al., ICCV 2025,
+arXiv 2504.21292, §3).
 
 The teacher is a trained pipeline folder (`task_options.teacher`); the student is a copy of its denoiser
 with every self-attention swapped (`student: deltaconv | linear`, `kernel_sizes`, `scales`, `gate`). Only the

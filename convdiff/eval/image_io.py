@@ -1,7 +1,7 @@
 """Image sources for FID: folders, ADM-format ``.npz`` sample files, reference-statistics ``.npz``; uint8
 conversion; the embedded MNIST digits as a reference set.
 
-Formats (reference/ecosystem.md §5.1):
+Formats (the ADM evaluation suite of Dhariwal & Nichol, NeurIPS 2021, arXiv 2105.05233):
 
 * ADM sample ``.npz``: ``arr_0`` = uint8 (N, H, W, C) with C = 3 (ADM) or 1 (grayscale; (N, H, W) is
   accepted too), optional ``arr_1`` = int labels. Read in batches straight from the zip member, so a 50k x

@@ -1,4 +1,5 @@
-"""Video and 4D metrics that run offline (reference/video4d.md §8).
+"""Video and 4D metrics that run offline (FVD: Unterthiner et al., arXiv 1812.01717; content-debiased FVD:
+Ge et al., CVPR 2024, arXiv 2404.12391).
 
 - `frame_fid`: FID over all frames as images, with the offline Inception of `convdiff.eval` (spatial quality only).
 - `temporal_consistency`: mean cosine similarity of the features of adjacent frames (CLIP-consistency style,

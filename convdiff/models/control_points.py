@@ -1,4 +1,5 @@
-"""Where a ControlNet adds its residuals to a convdiff backbone (reference/distill_control.md §3.2).
+"""Where a ControlNet adds its residuals to a convdiff backbone (as diffusers' UNet2DConditionModel takes
+ControlNetModel's down / mid residuals; docs/controlnet.md).
 
 A controllable backbone offers three things, used by nothing but `convdiff.models.controlnet`:
 - `control_points()` -> `ControlPoints`: the channels (and downsampling factor) of the stem output, of every

@@ -1,5 +1,5 @@
 """ControlNet for convdiff backbones: a trainable copy of the encoder half that steers a frozen model
-(Zhang et al., ICCV 2023; diffusers' ControlNetModel, reference/distill_control.md §3).
+(Zhang et al., ICCV 2023, arXiv 2302.05543; diffusers' ControlNetModel; docs/controlnet.md).
 
 - `ControlNet.from_backbone(model)` copies the backbone's stem, conditioning embedders, encoder and middle
   (its weights too); the decoder half is dropped (`model.control_unused_modules`).

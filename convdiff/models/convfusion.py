@@ -1,6 +1,6 @@
 """Swap every self-attention (`attn1`) of a diffusers model for a ΔConvBlock or a linear-attention student.
 
-Module replacement (reference §5.2 option B), not an attention processor: `set_attn_processor` or
+Module replacement (as LinFusion, arXiv 2409.02097, does it), not an attention processor: `set_attn_processor` or
 `enable_xformers_memory_efficient_attention()` later cannot drop the trained student. Works on any model
 whose transformer blocks hold a diffusers self-attention `Attention` as `attn1` (UNet2DConditionModel for
 SD1.5 / SDXL, DiTTransformer2DModel, PixArtTransformer2DModel, and wrappers around them), and on convdiff's
@@ -10,7 +10,7 @@ each window as the attention did.
 
 The ΔConvBlock needs the feature map's height and width, which token-space blocks do not get. A forward
 pre-hook on the nearest enclosing model that sees the NCHW input (a UNet's Transformer2DModel, a DiT's
-top level) writes (H / patch, W / patch) onto the students below it (reference §5.3).
+top level) writes (H / patch, W / patch) onto the students below it.
 
 The conversion is recorded in the model config (`convfusion`), so `load_converted` rebuilds it from a
 `save_pretrained` folder and `save_adapter` / `load_adapter` carry just the student weights.
@@ -28,7 +28,8 @@ from ..nn.tmsa import TimeDependentSelfAttention
 from .diffit import DiffiTBlock
 
 STUDENTS = ("deltaconv", "linear")
-# Released per-stage kernel sizes (reference §1.2): lists run over the down / up blocks that have attention.
+# Per-stage kernel sizes of the released ΔConvFusion code (arXiv 2504.21292): lists run over the down / up
+# blocks that have attention.
 KERNEL_PRESETS = {
     "sd15": ({"down": [7, 9, 5], "mid": 3, "up": [5, 9, 11]}, "scaled_simple"),
     "sdxl": ({"down": [9, 7], "mid": 9, "up": [9, 13]}, "scaled_simple"),

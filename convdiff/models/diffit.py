@@ -1,6 +1,6 @@
 """DiffiT (Hatamizadeh et al., ECCV 2024), the released latent model, exact to the official code.
 
-An isotropic ViT over 2x2 latent patches (reference/backbones.md §4.1-4.2):
+An isotropic ViT over 2x2 latent patches (paper §3.1-3.2 and the released NVlabs/DiffiT code):
 - the time token c = t_emb + y_emb enters every block through TMSA: projected (C -> 3C) and added into
   q, k and v; no adaLN, no gates anywhere;
 - attention is global over the whole token grid, with a learned relative position bias over that grid,

@@ -1,6 +1,6 @@
 """Image-space DiffiT (Hatamizadeh et al., ECCV 2024, §3.2 / App. H.1): a U-shaped denoiser of DiffiT ResBlocks.
 
-Not released by the authors; built from the paper (reference/backbones.md §4.3):
+Not released by the authors; built from the paper (arXiv 2312.02139, §3.2 and App. H):
 - a 3x3 conv tokenizer (128 channels), then `block_out_channels` per resolution (256 kept constant);
 - the residual cell is the DiffiT ResBlock: h = Conv3x3(Swish(GN(x))); x = DiffiTBlock(h, t) + x, where the
   DiffiTBlock is TMSA in local non-overlapping windows (no shift; window 4 for CIFAR-10, 8 for FFHQ-64, with a

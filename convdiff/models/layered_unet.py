@@ -1,6 +1,6 @@
 """Layered U-Net: one pixel-space U-Net that denoises several resolutions of an image at once.
 
-Layered Diffusion (Khwaja et al., arXiv 2407.06079; reference/distill_control.md §4), read top to bottom:
+Layered Diffusion (Khwaja et al., arXiv 2407.06079), read top to bottom:
 - **an input head at every scale**: the noisy image at resolution sample_size / 2^i enters the U-Net at
   level i through its own 3x3 conv;
 - **isolated downsampling** (default): a level with an input head starts from its own input, not from the

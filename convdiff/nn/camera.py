@@ -2,7 +2,8 @@
 
 Human4DiT embeds the camera parameters of a frame, runs them through a zero-initialised MLP and adds the
 result to the diffusion timestep embedding, so they reach every block that reads the condition
-(reference/video4d.md §5). We do the same for a camera vector (e.g. a flattened 3x4 [R | t], camera_dim=12)
+(Human4DiT: Shao et al., SIGGRAPH Asia 2024, arXiv 2405.17405). We do the same for a camera vector (e.g. a
+flattened 3x4 [R | t], camera_dim=12)
 and for a frame's timestamp (seconds or a normalised time). Both are expanded into Fourier features first,
 so the MLP can resolve small pose and time differences. The last layer starts at zero: an inflated model
 ignores cameras and times until training teaches it to use them.

@@ -1,7 +1,7 @@
 """Timestep and class-label embeddings shared by every convdiff backbone.
 
-The timestep formula follows the official DiT/DiC/DiCo code (reference/backbones.md §1): frequencies
-exp(-ln(max_period) * i / half) -- divided by `half`, not `half - 1` as diffusers' `Timesteps` with
+The timestep formula follows the official DiT/DiC/DiCo code (facebookresearch/DiT `models.py`; docs/parity.md):
+frequencies exp(-ln(max_period) * i / half) -- divided by `half`, not `half - 1` as diffusers' `Timesteps` with
 `downscale_freq_shift=1` does -- laid out cos first. Keeping it exact lets official weights convert with
 identical outputs.
 """

@@ -1,6 +1,6 @@
 """einops helpers for every reshape between video / 4D tensors, per-frame maps and token sequences.
 
-Canonical layouts (reference/video4d.md §9):
+Canonical layouts (docs/architecture.md, "Tensor layouts"):
 - video  (B, C, F, H, W)       -- what a video model takes and returns;
 - grid   (B, C, V, T, H, W)    -- a 4D grid of V viewpoints x T timesteps;
 - frames (B*V*T, C, H, W)      -- what the 2D backbone runs on, ordered (b, v, t);

@@ -1,4 +1,4 @@
-"""LinFusion-style normalized, non-causal linear attention (Liu et al., arXiv 2409.02097; reference §2).
+"""LinFusion-style normalized, non-causal linear attention (Liu et al., arXiv 2409.02097).
 
     phi(z) = elu(z) + 1
     out    = phi(Q) (phi(K)^T V / N) / (phi(Q) mean_n phi(K) + eps)        per head

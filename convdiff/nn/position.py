@@ -1,7 +1,7 @@
 """Position information for token grids: the fixed 2D sin-cos embedding and the learned relative position bias.
 
-Both follow the DiT / Swin conventions the official DiffiT code uses (reference/backbones.md §4.1), so
-official weights convert with identical outputs.
+Both follow the DiT / Swin conventions the official DiffiT code uses (Hatamizadeh et al., ECCV 2024,
+arXiv 2312.02139), so official weights convert with identical outputs.
 """
 
 import torch

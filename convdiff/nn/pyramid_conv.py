@@ -1,6 +1,6 @@
 """ΔConvBlock: the pyramid depthwise-convolution block of ΔConvFusion (Dong et al., ICCV 2025).
 
-It replaces a self-attention layer (reference/distill_control.md §1.2, the released design):
+It replaces a self-attention layer (the authors' released code for arXiv 2504.21292):
 
     x (C) -> Linear C -> C/2
           -> for every pyramid scale s (1 and 1/2 by default):

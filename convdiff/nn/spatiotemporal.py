@@ -1,4 +1,5 @@
-"""Factorized spatio-temporal layers that turn a 2D backbone into a video / 4D one (reference/video4d.md §1, §2, §6).
+"""Factorized spatio-temporal layers that turn a 2D backbone into a video / 4D one (P3D: Qiu et al., ICCV 2017,
+arXiv 1711.10305; 4Real-Video: CVPR 2025, arXiv 2412.04462; identity at init as in AnimateDiff).
 
 The 2D backbone keeps running on frames (B*V*T, C, H, W); the layers below are inserted after its blocks
 (or around its 3x3 convs) and mix information across frames or views. Each one starts as the identity, so

@@ -1,4 +1,4 @@
-"""4Real-Video-V2's fused view-time attention (reference/video4d.md §3).
+"""4Real-Video-V2's fused view-time attention (Snap / KAUST, arXiv 2506.18839).
 
 One masked self-attention over every token of a V x T grid, laid out (v, t, s): a query at (v, t) may
 attend a key at (v', t') iff v' == v (same viewpoint) or t' == t (same timestep); the same frame is the

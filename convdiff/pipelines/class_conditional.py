@@ -19,7 +19,7 @@
   latents, output types and scheduler/model mismatches.
 
 Load a saved pipeline with `ClassConditionalPipeline.from_pretrained(folder)` (not `DiffusionPipeline`: the
-class lives in convdiff, reference/ecosystem.md §2.3).
+class lives in convdiff, docs/architecture.md, "Saved pipelines").
 """
 
 import inspect
@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 # The diffusers base-class names must be bound in this module so model_index.json entries pointing here
-# resolve their loading methods (reference/ecosystem.md §2.3).
+# resolve their loading methods (diffusers' pipeline_loading_utils; docs/architecture.md, "Saved pipelines").
 from diffusers import ConfigMixin, DDPMScheduler, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput

@@ -1,6 +1,7 @@
 """Classifier-free guidance: per-step scale schedules and the channel-restricted guidance rule.
 
-Two details matter for reproducing published FIDs (reference/backbones.md §1 and §4.4):
+Two details matter for reproducing published FIDs (the official DiT sampling code; the DiffiT sampling recipe,
+Hatamizadeh et al., ECCV 2024, arXiv 2312.02139):
 - official DiT, DiC, DiCo and DiffiT guide only the first 3 of the 4 latent ε channels (an "exact
   reproducibility" quirk of DiT); diffusers' DiTPipeline guides all of them. `guidance_channels` picks either.
 - DiffiT at 256px ramps the scale with MDT's power-cosine schedule instead of keeping it constant:

@@ -7,7 +7,7 @@ every scale), and returns the top scale -- or every scale with `return_all_scale
   guidance against `negative_prompt` (default "");
 - class: `class_labels`, guided against the null class (the model needs class_dropout_prob > 0);
 - both at once when the model has both.
-Load with `LayeredTextToImagePipeline.from_pretrained(folder)` (reference/ecosystem.md §2.3).
+Load with `LayeredTextToImagePipeline.from_pretrained(folder)` (docs/architecture.md, "Saved pipelines").
 """
 
 from dataclasses import dataclass

@@ -1,5 +1,5 @@
 """Train a ControlNet on a frozen base pipeline (`task: controlnet`), diffusers' train_controlnet recipe
-(reference/distill_control.md §3.4) on our loop.
+(diffusers `examples/controlnet/train_controlnet.py`; Zhang et al., ICCV 2023) on our loop.
 
 The base model comes from a pipeline folder (`task_options.base`, e.g. pipelines/dic-mnist), is frozen and
 cast to the weight dtype of mixed precision; the ControlNet (`ControlNet.from_backbone`, or a saved one from
