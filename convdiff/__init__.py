@@ -4,7 +4,7 @@ The names below load on first use (`import convdiff` itself imports neither torc
 command line starts fast.
 """
 
-import importlib
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 __all__ = ["DiCModel", "DiCoModel", "MODELS", "create_model", "model_spec"]
@@ -18,14 +18,4 @@ _LAZY = {
     "MODELS": "convdiff.registry", "create_model": "convdiff.registry", "model_spec": "convdiff.registry",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "convdiff"
 
 # Lowest first. A module belongs to the first entry that names it or a package above it.
 LAYERS = [
-    ("foundation", ["convdiff.files", "convdiff.grids", "convdiff.diffusion"]),
+    ("foundation", ["convdiff.files", "convdiff.grids", "convdiff.diffusion", "convdiff.lazy"]),
     ("nn", ["convdiff.nn"]),
     ("models", ["convdiff.models"]),
     ("registry", ["convdiff.registry"]),

@@ -8,7 +8,7 @@ CLI: `convdiff convert --checkpoint X.pt --model dico-xl --output DIR` or `pytho
 The names load on first use, so `convdiff convert --help` answers without importing torch.
 """
 
-import importlib
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "convert_main": ".main",
@@ -18,14 +18,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

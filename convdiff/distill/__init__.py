@@ -7,7 +7,7 @@ side (task, losses, feature taps) and the adapter files. The names load on first
 `convdiff distill --help` answers without importing diffusers.
 """
 
-import importlib
+from ..lazy import lazy_attributes
 
 _LAZY = {
     **{name: "..models.convfusion" for name in ("KERNEL_PRESETS", "convert_self_attention", "self_attention_sites",
@@ -18,14 +18,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -57,6 +57,7 @@ def skip_targets(depth: int, skip_stride: int):
     return [j for j in range(depth) if j % skip_stride == 0]
 
 
+# Same-shaped as DiCoModel's header: register_to_config records each model's own keyword arguments.
 class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCBlock"]

@@ -203,6 +203,7 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
             emb = emb + self.class_embedding(labels)
         return emb.to(dtype)
 
+    # Same shape as the inflated model's camera check (absent / required / shaped): different inputs and messages.
     def check_context(self, encoder_hidden_states, batch: int):
         dim = self.config.cross_attention_dim
         if dim is None:

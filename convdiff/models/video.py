@@ -480,6 +480,7 @@ class InflatedVideoModel(_InflatedModel):
         return self._output([grid_to_video(out) for out in outputs], return_dict)
 
 
+# Its config signature shares InflatedVideoModel's first arguments: register_to_config needs each one spelled out.
 class InflatedFourDModel(_InflatedModel):
     """A 2D convdiff backbone inflated to a V x T grid: (B, C, V, T, H, W) in and out. Build with inflate()."""
 

@@ -265,6 +265,7 @@ class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
     """
 
     denoiser_name = "unet"
+    # __init__ / from_base mirror ControlNetPipeline's over the layered pipeline's components (unet, text encoder).
     model_cpu_offload_seq = "text_encoder->controlnet->unet"
 
     def __init__(self, unet: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None,

@@ -195,6 +195,7 @@ class _FramesPipeline(ClassConditionalPipeline):
             known_mask = known_mask.to(device)
             known_noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
 
+        # Repeats ClassConditionalPipeline.__call__'s loop set-up until issue 12 item 1 gives both one loop.
         step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
         order = getattr(self.scheduler, "order", 1)
@@ -385,6 +386,7 @@ class FourDPipeline(_FramesPipeline):
 
     grid_name = "grid"
 
+    # The video pipeline's argument list again, plus views and cameras: each __call__ signature is public API.
     @torch.no_grad()
     def __call__(
         self,
