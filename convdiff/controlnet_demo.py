@@ -36,7 +36,7 @@ def adherence(samples: torch.Tensor, conditions: torch.Tensor, detector: str = "
     }
 
 
-def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
+def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str | None = None, seed: int = 0,
              batch_size: int = 100):
     """(metrics per arm, conditions, controlled, uncontrolled) on the first `num_digits` held-out digits."""
     from .data.edges import canny_edges
@@ -49,7 +49,8 @@ def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str = 
     digits = torch.from_numpy(np.asarray(images[:num_digits])).float().div(255)[:, None]
     labels = labels[:num_digits].tolist()
     conditions = canny_edges(digits)
-    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
+    if scheduler is not None:  # None: the base pipeline's own sampler
+        pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     arms = {"controlled": 1.0, "uncontrolled": 0.0}  # scale 0 = exactly the base model (tested)
     outputs = {}
@@ -93,7 +94,8 @@ def controlnet_demo_main(argv=None):
     parser.add_argument("--controlnet", help=f"skip training and evaluate this ControlNet folder (e.g. {SHIPPED.relative_to(ROOT)})")
     parser.add_argument("--num-digits", type=int, default=200, help="held-out digits to evaluate")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps for the evaluation (default: 25)")
-    parser.add_argument("--scheduler", default="ddim", help="sampler (convdiff.pipelines.schedulers name; default: ddim)")
+    parser.add_argument("--scheduler", default=None,
+                        help="sampler (convdiff.pipelines.schedulers name; default: the base pipeline's own)")
     parser.add_argument("--grid", default=None, help="where to write the grid (default: <output_dir>/controlnet-grid.png)")
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     args = parser.parse_args(argv)
@@ -116,7 +118,7 @@ def controlnet_demo_main(argv=None):
     started = time.perf_counter()
     metrics, conditions, controlled, uncontrolled = evaluate(pipe, args.num_digits, args.steps, args.scheduler)
     print(f"evaluated {args.num_digits} held-out digits x 2 arms in {time.perf_counter() - started:.0f} s "
-          f"({args.scheduler}, {args.steps} steps, Canny edges of the samples vs the condition)")
+          f"({args.scheduler or type(pipe.scheduler).__name__}, {args.steps} steps, Canny edges of the samples vs the condition)")
     print(markdown_table(metrics))
     grid_path = Path(args.grid) if args.grid else Path(config.output_dir) / "controlnet-grid.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)

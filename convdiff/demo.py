@@ -89,7 +89,8 @@ def demo_main(argv=None):
         config.sample_final_grid = False  # the demo draws its own grid from the FID samples below
         _stage(f"training {config.model} for {config.max_train_steps} steps of {config.train_batch_size} digits")
         pipeline_dir = train(config)
-        _stage(f"trained in {time.perf_counter() - started:.0f} s; pipeline saved to {pipeline_dir}")
+        _stage(f"trained {config.max_train_steps} steps in {time.perf_counter() - started:.0f} s; "
+               f"pipeline saved to {pipeline_dir}")
     pipe = ClassConditionalPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     output_dir.mkdir(parents=True, exist_ok=True)
