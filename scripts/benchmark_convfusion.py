@@ -1,5 +1,5 @@
 """ΔConvFusion module benchmark: self-attention vs linear attention vs ΔConvBlock over SD1.5's 16 self-attention
-layers (reference/distill_control.md §1.6), at 512, 1024, 2048 and 4096 px.
+layers (the ΔConvFusion paper's setting; docs/convfusion.md), at 512, 1024, 2048 and 4096 px.
 
     OMP_NUM_THREADS=1 python scripts/benchmark_convfusion.py [--sizes 512 1024 2048 4096] [--budget 20] [--write]
 
