@@ -22,7 +22,6 @@ Load a saved pipeline with `ClassConditionalPipeline.from_pretrained(folder)` (n
 class lives in convdiff, docs/architecture.md, "Saved pipelines").
 """
 
-import inspect
 from typing import Callable
 
 import torch
@@ -31,11 +30,11 @@ import torch
 from diffusers import ConfigMixin, DDPMScheduler, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
-from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
+from .denoising import DenoisingPipeline, SamplingState
+from .guidance import GuidanceSchedule, apply_guidance, check_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 FLOW_PARAMETERISATIONS = ("flow", "flow_prediction", "rectified_flow")
@@ -57,7 +56,7 @@ def scheduler_is_flow(scheduler) -> bool:
             or config.get("prediction_type") == "flow_prediction")
 
 
-class ClassConditionalPipeline(DiffusionPipeline):
+class ClassConditionalPipeline(DenoisingPipeline):
     r"""Sample images from a class-conditional (or unconditional) denoiser, in latent or pixel space.
 
     Args:
@@ -66,11 +65,13 @@ class ClassConditionalPipeline(DiffusionPipeline):
             `DDPMScheduler(variance_type="learned_range", clip_sample=False)` (ADM/DiT's evaluation sampler).
         vae: optional `AutoencoderKL`; `None` means the denoiser works on pixels in [-1, 1].
         id2label: optional `{class id: "name, synonym, ..."}` for `get_label_ids`, saved in model_index.json.
+
+    Sampling runs the one loop of `DenoisingPipeline` (denoising.py); this class supplies its steps for one
+    image batch: `run_denoiser` (CFG batch with the null class), `guide` and `step` (learned σ).
     """
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
-    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
                  id2label: dict | None = None):
@@ -84,23 +85,6 @@ class ClassConditionalPipeline(DiffusionPipeline):
             for name in names.split(","):
                 self.labels[name.strip()] = int(key)
         self.labels = dict(sorted(self.labels.items()))
-
-    # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Map class names (any comma-separated synonym in id2label) to class ids."""
@@ -208,40 +192,45 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"Got a list of {len(generator)} generators for a batch of {batch}; "
                              "pass one per sample or a single generator.")
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
-                                 f"got {unknown}.")
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         return labels, batch
 
-    # ---- sampling ---------------------------------------------------------------------------------------
-    def prepare_latents(self, batch, dtype, device, generator, latents=None):
-        channels, height, width = self._sample_shape()
-        if latents is None:
-            latents = randn_tensor((batch, channels, height, width), generator=generator, device=device, dtype=dtype)
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        # DiTPipeline forgets this; Euler-type samplers start at sigma_max (~157 for the linear schedule).
-        init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
-        return latents if init_sigma is None else latents * init_sigma
+    # ---- the steps of the denoising loop (denoising.py) -------------------------------------------------
+    state_class = SamplingState  # the video pipelines' state adds known frames and windows
 
-    def predict(self, latents, t, labels, null_id, scale, guidance_channels):
-        """One (CFG-batched) forward pass; returns the guided model output for the conditional batch."""
-        model_input = torch.cat([latents, latents]) if scale is not None else latents
+    def sampling_state(self, shape, labels, generator, guidance_channels, guidance_schedule, model_kwargs=None,
+                       **fields) -> SamplingState:
+        """The state of one call, its labels and model kwargs on the execution device."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        model_kwargs = {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) else v)
+                        for k, v in (model_kwargs or {}).items()}
+        return self.state_class(
+            shape=shape, dtype=dtype, device=device, generator=generator,
+            labels=None if labels is None else labels.to(device), null_id=class_info(self.transformer.config)[1],
+            guidance_channels=guidance_channels or self.transformer.config.in_channels,
+            guidance_schedule=guidance_schedule, model_kwargs=model_kwargs, **fields)
+
+    def run_denoiser(self, latents, t, state: SamplingState, guided: bool):
+        """One forward pass, over [latents, latents] with [labels, null class] when guided."""
+        model_input = torch.cat([latents, latents]) if guided else latents
         if hasattr(self.scheduler, "scale_model_input"):  # flow-matching schedulers have none
             model_input = self.scheduler.scale_model_input(model_input, t)
-        labels_in = labels
-        if scale is not None:
-            labels_in = torch.cat([labels, torch.full_like(labels, null_id)])
+        labels = state.labels
+        if guided:
+            if state.null_id is None:  # a callback raised the guidance scale of a model without a null class
+                raise ValueError("Classifier-free guidance needs a model with a null class; use guidance_scale=1.")
+            labels = torch.cat([labels, torch.full_like(labels, state.null_id)])
+        kwargs = {k: (torch.cat([v, v]) if guided and v is not None else v) for k, v in state.model_kwargs.items()}
         timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
         timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
-        out = self.transformer(model_input, timesteps, class_labels=labels_in, return_dict=False)[0]
-        if scale is None:
-            return out
-        cond, uncond = out.chunk(2)
-        in_channels = self.transformer.config.in_channels
-        return apply_guidance(cond, uncond, scale, guidance_channels or in_channels)
+        return self.transformer(model_input, timesteps, class_labels=labels, return_dict=False, **kwargs)[0]
+
+    def guide(self, model_output, scale: float, state: SamplingState):
+        cond, uncond = model_output.chunk(2)
+        return apply_guidance(cond, uncond, scale, state.guidance_channels)
+
+    def step(self, model_output, t, latents, state: SamplingState):
+        return super().step(self.split_learned_sigma(model_output), t, latents, state)
 
     def split_learned_sigma(self, model_output):
         """Drop the learned-variance half unless the scheduler is the DDPM sampler that uses it."""
@@ -312,57 +301,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
                                           guidance_schedule, latents, output_type, generator,
                                           callback_on_step_end_tensor_inputs)
         self.check_scheduler()
-        _, null_id = class_info(self.transformer.config)
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-
-        device = self._execution_device
-        dtype = self.transformer.dtype
-        if labels is not None:
-            labels = labels.to(device)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(batch, dtype, device, generator, latents)
-        num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
-        step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        order = getattr(self.scheduler, "order", 1)
-        num_warmup_steps = max(len(timesteps) - num_inference_steps * order, 0)
-
-        # Sampling must not use training-time label dropout (it would draw from the global RNG and break
-        # seeding), so run a model that is still in train mode in eval mode and restore it afterwards.
-        was_training = self.transformer.training
-        self.transformer.eval()
-        try:
-            with self.progress_bar(total=num_inference_steps) as progress_bar:
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        continue
-                    scale = None
-                    if self.do_classifier_free_guidance:
-                        if null_id is None:
-                            raise ValueError("Classifier-free guidance needs a model with a null class; "
-                                             "use guidance_scale=1.")
-                        scale = guidance_scale_at(t, self._guidance_scale, guidance_schedule, num_train_timesteps)
-                    model_output = self.predict(latents, t, labels, null_id, scale, guidance_channels)
-                    model_output = self.split_learned_sigma(model_output)
-                    extra = {"generator": generator} if step_takes_generator else {}
-                    latents = self.scheduler.step(model_output, t, latents, **extra).prev_sample
-                    if latents.dtype != dtype:  # some schedulers upcast internally
-                        latents = latents.to(dtype)
-
-                    if callback_on_step_end is not None:
-                        available = {"latents": latents}
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                        latents = callback_outputs.pop("latents", latents)
-
-                    # Second-order schedulers take two model calls per step: count a step once per order.
-                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
-                        progress_bar.update()
-        finally:
-            if was_training:
-                self.transformer.train()
+        state = self.sampling_state((batch, *self._sample_shape()), labels, generator, guidance_channels,
+                                    guidance_schedule)
+        latents = self.denoise(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
+                               callback_on_step_end_tensor_inputs)
 
         images = self.decode(latents, output_type)
         self.maybe_free_model_hooks()

@@ -108,14 +108,10 @@ def _take(value, count: int):
 
 
 class ControlMixin:
-    """ControlNet control for a pipeline whose backbone component is `self.<denoiser_name>`."""
+    """ControlNet control for a `DenoisingPipeline` (denoising.py), on its `denoiser` component: it changes no
+    step of the denoising loop, a forward pre-hook on the denoiser adds the residuals."""
 
-    denoiser_name = "transformer"
     batched_kwargs = ("class_labels", "encoder_hidden_states", "encoder_attention_mask")
-
-    @property
-    def denoiser(self):
-        return getattr(self, self.denoiser_name)
 
     @property
     def controlnets(self) -> list:
@@ -264,7 +260,6 @@ class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
         scheduler, text_encoder, tokenizer: as in `LayeredTextToImagePipeline`.
     """
 
-    denoiser_name = "unet"
     # __init__ / from_base mirror ControlNetPipeline's over the layered pipeline's components (unet, text encoder).
     model_cpu_offload_seq = "text_encoder->controlnet->unet"
 

@@ -18,11 +18,12 @@ import torch
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion.multiscale import consistent_noise
 from ..models.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
+from .denoising import DenoisingPipeline, SamplingState
+from .guidance import apply_guidance
 from .layered_scheduler import LayeredScheduler
 from .text_encoders import encode_prompts
 
@@ -36,27 +37,26 @@ class LayeredPipelineOutput(ImagePipelineOutput):
     scales: list | None = None
 
 
-class LayeredTextToImagePipeline(DiffusionPipeline):
+class LayeredTextToImagePipeline(DenoisingPipeline):
     r"""Joint multi-scale sampling from a `LayeredUNetModel`.
 
     Args:
         unet: the `LayeredUNetModel`.
         scheduler: a `LayeredScheduler` whose sample_sizes are the unet's scales.
         text_encoder, tokenizer: a transformers `CLIPTextModel` and its tokenizer (only for a text model).
+
+    Sampling runs the one loop of `DenoisingPipeline` (denoising.py) on lists of per-scale latents, top first:
+    this class supplies `prepare_latents`, `run_denoiser`, `guide` and `step` for them.
     """
 
+    denoiser_name = "unet"
     model_cpu_offload_seq = "text_encoder->unet"
     _optional_components = ["text_encoder", "tokenizer"]
-    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None, tokenizer=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
 
     # ---- checks -----------------------------------------------------------------------------------------
     def check_components(self):
@@ -131,21 +131,24 @@ class LayeredTextToImagePipeline(DiffusionPipeline):
     def encode_prompt(self, prompts, device) -> torch.Tensor:
         return encode_prompts(self.tokenizer, self.text_encoder, prompts, device)
 
-    def prepare_latents(self, batch, dtype, device, generator):
+    # ---- the steps of the denoising loop (denoising.py), on per-scale lists ----------------------------------
+    def prepare_latents(self, state: SamplingState, latents=None):
         """One top-scale noise draw made consistent across scales (as in training)."""
-        size, channels = self.unet.scale_sizes[0], self.unet.config.in_channels
-        noise = randn_tensor((batch, channels, size, size), generator=generator, device=device, dtype=dtype)
+        noise = self.initial_noise(state)
         return [n * self.scheduler.init_noise_sigma for n in consistent_noise(noise, self.unet.scale_sizes)]
 
-    def predict(self, latents, t, context, labels):
-        """One (CFG-batched) model call; returns the guided prediction of every scale."""
-        guided = self.do_classifier_free_guidance
+    def run_denoiser(self, latents, t, state: SamplingState, guided: bool):
+        """One model call predicting every scale; the text states and labels already hold both CFG halves."""
         inputs = [torch.cat([x, x]) if guided else x for x in latents]
         timesteps = t.reshape(-1).to(inputs[0].device).expand(inputs[0].shape[0])
-        out = self.unet(inputs, timesteps, encoder_hidden_states=context, class_labels=labels, return_dict=False)[1]
-        if not guided:
-            return out
-        return [uncond + self._guidance_scale * (cond - uncond) for cond, uncond in (o.chunk(2) for o in out)]
+        return self.unet(inputs, timesteps, return_dict=False, **state.model_kwargs)[1]
+
+    def guide(self, model_output, scale: float, state: SamplingState):
+        return [apply_guidance(*out.chunk(2), scale) for out in model_output]
+
+    def step(self, model_output, t, latents, state: SamplingState):
+        latents = self.scheduler.step(model_output, t, latents, **state.step_kwargs).prev_sample
+        return [x.to(state.dtype) for x in latents]
 
     def to_images(self, x, output_type):
         """[-1, 1] pixels -> [0, 1] images of the requested type (diffusers' image post-processing)."""
@@ -188,10 +191,8 @@ class LayeredTextToImagePipeline(DiffusionPipeline):
         check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         prompts, negatives, labels, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size,
                                                               guidance_scale, output_type, generator)
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}.")
-        self._guidance_scale, self._interrupt = guidance_scale, False
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
+        self._guidance_scale = guidance_scale
         device, dtype = self._execution_device, self.unet.dtype
 
         context = None
@@ -201,26 +202,13 @@ class LayeredTextToImagePipeline(DiffusionPipeline):
             labels = labels.to(device)
             if self.do_classifier_free_guidance:
                 labels = torch.cat([labels, torch.full_like(labels, self.unet.config.num_classes)])
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(batch, dtype, device, generator)
-        was_training = self.unet.training
-        self.unet.eval()  # no training-time label dropout while sampling
-        try:
-            for i, t in enumerate(self.progress_bar(timesteps)):
-                if self._interrupt:  # a callback may set it to stop early
-                    continue
-                outputs = self.predict(latents, t, context, labels)
-                latents = self.scheduler.step(outputs, t, latents, eta=eta, generator=generator).prev_sample
-                latents = [x.to(dtype) for x in latents]
-                if callback_on_step_end is not None:
-                    callback_kwargs = {k: {"latents": latents}[k] for k in callback_on_step_end_tensor_inputs}
-                    latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).pop("latents", latents)
-        finally:
-            if was_training:
-                self.unet.train()
+        size = self.unet.scale_sizes[0]
+        state = SamplingState(shape=(batch, self.unet.config.in_channels, size, size), dtype=dtype, device=device,
+                              generator=generator,
+                              model_kwargs={"encoder_hidden_states": context, "class_labels": labels},
+                              step_kwargs={"eta": eta, "generator": generator})
+        latents = self.denoise(state, None, num_inference_steps, guidance_scale, callback_on_step_end,
+                               callback_on_step_end_tensor_inputs)
 
         scales = [self.to_images(x, output_type) for x in latents]
         self.maybe_free_model_hooks()

@@ -19,9 +19,8 @@ on top they add:
 Write files with `convdiff.pipelines.video_export.export_to_video` (mp4 / GIF) and `grid_4d`.
 """
 
-import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -30,10 +29,11 @@ from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .arguments import check_sampling_arguments
 from ..models.inputs import class_info
+from .arguments import check_sampling_arguments
 from .class_conditional import ClassConditionalPipeline
-from .guidance import GuidanceSchedule, apply_guidance, check_schedule, guidance_scale_at
+from .denoising import SamplingState
+from .guidance import GuidanceSchedule, check_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -71,10 +71,27 @@ def window_weights(window: int, overlap: int) -> torch.Tensor:
     return torch.minimum(torch.ones(window), torch.minimum(ramp, ramp.flip(0)))
 
 
+@dataclass
+class FramesState(SamplingState):
+    """`SamplingState` of a video / 4D call: shared noise, the known frames (clean latents, where they are, and
+    the one noise draw that noises them) and the windows along time (None: one pass over all frames);
+    `time_kwargs` names the model kwargs with a frame axis last, cut to each window."""
+
+    shared_noise: float = 0.0
+    known: torch.Tensor | None = None
+    known_mask: torch.Tensor | None = None
+    known_noise: torch.Tensor | None = None
+    window: int | None = None
+    overlap: int = 0
+    time_kwargs: tuple = ("timestamps",)
+
+
 class _FramesPipeline(ClassConditionalPipeline):
-    """The denoising loop shared by the video and 4D pipelines: latents (B, C, *grid, H, W), time at dim -3."""
+    """`ClassConditionalPipeline`'s loop over latents (B, C, *grid, H, W), time at dim -3: it overrides the
+    starting noise, the known-frame replacement around the loop and the model output (overlapping windows)."""
 
     grid_name = "frames"
+    state_class = FramesState
 
     # ---- shapes -------------------------------------------------------------------------------------------
     def max_frames(self) -> int | None:
@@ -96,18 +113,31 @@ class _FramesPipeline(ClassConditionalPipeline):
             raise ValueError(f"window_overlap must be in [0, window_frames={window_frames}), got {window_overlap}.")
         return window_frames
 
-    # ---- noise and conditioning --------------------------------------------------------------------------
-    def prepare_noise(self, shape, generator, dtype, device, shared_noise: float):
+    # ---- the steps of the denoising loop (denoising.py) -------------------------------------------------
+    def initial_noise(self, state: FramesState):
         """Starting noise with a `shared_noise` fraction of its variance common to all frames (axis -3)."""
+        shape, shared_noise = state.shape, state.shared_noise
         if not 0.0 <= float(shared_noise) <= 1.0:
             raise ValueError(f"shared_noise must be in [0, 1] (fraction of noise variance shared by the frames), "
                              f"got {shared_noise}.")
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        noise = super().initial_noise(state)
         if shared_noise > 0:
-            common_shape = (*shape[:-3], 1, *shape[-2:])
-            common = randn_tensor(common_shape, generator=generator, device=device, dtype=dtype)
+            common = super().initial_noise(replace(state, shape=(*shape[:-3], 1, *shape[-2:])))
             noise = math.sqrt(shared_noise) * common + math.sqrt(1.0 - shared_noise) * noise
         return noise
+
+    def prepare_latents(self, state: FramesState, latents=None):
+        """The starting latents, then the noise draw for the known frames."""
+        if latents is not None and (not torch.is_tensor(latents) or tuple(latents.shape) != tuple(state.shape)):
+            got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+            raise ValueError(f"latents must have shape {tuple(state.shape)}, got {got}.")
+        latents = super().prepare_latents(state, latents)
+        if state.known is not None:
+            state.known = state.known.to(device=state.device, dtype=state.dtype)
+            state.known_mask = state.known_mask.to(state.device)
+            state.known_noise = randn_tensor(state.known.shape, generator=state.generator, device=state.device,
+                                             dtype=state.dtype)
+        return latents
 
     def noised_known(self, known, known_noise, t):
         """The clean known frames at the noise level of timestep `t`, in the sampler's latent scaling."""
@@ -119,117 +149,43 @@ class _FramesPipeline(ClassConditionalPipeline):
         raise ValueError(f"{type(self.scheduler).__name__} has neither add_noise nor scale_noise, so frames cannot "
                          "be conditioned on; use a DDPM/DDIM/Euler/DPM-Solver or flow-matching scheduler.")
 
-    # ---- one model evaluation ----------------------------------------------------------------------------
-    def run_model(self, latents, t, labels, null_id, scale, guidance_channels, extra: dict):
-        """One (CFG-batched) forward over the given frames; `extra` holds batch-first model kwargs."""
-        guided = scale is not None
-        model_input = torch.cat([latents, latents]) if guided else latents
-        if hasattr(self.scheduler, "scale_model_input"):
-            model_input = self.scheduler.scale_model_input(model_input, t)
-        kwargs = {k: (torch.cat([v, v]) if guided and v is not None else v) for k, v in extra.items()}
-        labels_in = labels
-        if guided:
-            labels_in = torch.cat([labels, torch.full_like(labels, null_id)])
-        timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
-        timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
-        out = self.transformer(model_input, timesteps, class_labels=labels_in, return_dict=False, **kwargs)[0]
-        if not guided:
-            return out
-        cond, uncond = out.chunk(2)
-        return apply_guidance(cond, uncond, scale, guidance_channels or self.transformer.config.in_channels)
+    def before_step(self, latents, t, state: FramesState):
+        """Known frames replaced by their clean latents noised to this step's level (the "replacement" method)."""
+        if state.known is None:
+            return latents
+        return torch.where(state.known_mask, self.noised_known(state.known, state.known_noise, t), latents)
 
-    def predict_frames(self, latents, t, labels, null_id, scale, guidance_channels, extra, window, overlap,
-                       time_extra: tuple = ()):
+    def finish(self, latents, state: FramesState):
+        return latents if state.known is None else torch.where(state.known_mask, state.known, latents)
+
+    def predict(self, latents, t, state: FramesState):
         """The model output for every frame: one pass, or blended overlapping windows along time (dim -3);
-        the `time_extra` kwargs ((B, F) per-frame values) are cut to each window along their last dim."""
+        the `time_kwargs` ((B, F) per-frame values) are cut to each window along their last dim."""
+        window, overlap = state.window, state.overlap
         if window is None:
-            return self.run_model(latents, t, labels, null_id, scale, guidance_channels, extra)
+            return super().predict(latents, t, state)
         num_frames = latents.shape[-3]
         weights = window_weights(window, overlap).to(latents.device, latents.dtype)
         total, weight_sum = None, torch.zeros(num_frames, device=latents.device, dtype=latents.dtype)
         for start in window_starts(num_frames, window, overlap):
             part = latents.narrow(-3, start, window)
-            part_extra = {k: (v.narrow(-1, start, window) if k in time_extra and v is not None else v)
-                          for k, v in extra.items()}
-            out = self.run_model(part, t, labels, null_id, scale, guidance_channels, part_extra)
+            part_kwargs = {k: (v.narrow(-1, start, window) if k in state.time_kwargs and v is not None else v)
+                           for k, v in state.model_kwargs.items()}
+            out = super().predict(part, t, replace(state, model_kwargs=part_kwargs))
             if total is None:
                 total = torch.zeros(*out.shape[:-3], num_frames, *out.shape[-2:], device=out.device, dtype=out.dtype)
             total.narrow(-3, start, window).add_(out * weights.view(-1, 1, 1))
             weight_sum[start : start + window] += weights
         return total / weight_sum.view(-1, 1, 1)
 
-    # ---- the loop ----------------------------------------------------------------------------------------
-    def denoise(self, shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
-                shared_noise, known, known_mask, extra, window, overlap, num_inference_steps,
-                callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=()):
-        check_schedule(guidance_schedule)
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
-                                 f"got {unknown}.")
+    def sample_frames(self, state: FramesState, latents, num_inference_steps, guidance_scale, callback_on_step_end,
+                      callback_on_step_end_tensor_inputs):
+        """Checks of the sampler and callback, then the one denoising loop."""
+        check_schedule(state.guidance_schedule)
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         self.check_scheduler()
-        _, null_id = class_info(self.transformer.config)
-        self._guidance_scale, self._interrupt = guidance_scale, False
-        device, dtype = self._execution_device, self.transformer.dtype
-        if labels is not None:
-            labels = labels.to(device)
-        extra = {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) else v) for k, v in extra.items()}
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        if latents is None:
-            latents = self.prepare_noise(shape, generator, dtype, device, shared_noise)
-        else:
-            if not torch.is_tensor(latents) or tuple(latents.shape) != tuple(shape):
-                got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
-                raise ValueError(f"latents must have shape {tuple(shape)}, got {got}.")
-            latents = latents.to(device=device, dtype=dtype)
-        init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
-        if init_sigma is not None:
-            latents = latents * init_sigma
-        known_noise = None
-        if known is not None:
-            known = known.to(device=device, dtype=dtype)
-            known_mask = known_mask.to(device)
-            known_noise = randn_tensor(known.shape, generator=generator, device=device, dtype=dtype)
-
-        # Repeats ClassConditionalPipeline.__call__'s loop set-up until issue 12 item 1 gives both one loop.
-        step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
-        order = getattr(self.scheduler, "order", 1)
-        num_warmup_steps = max(len(timesteps) - num_inference_steps * order, 0)
-        was_training = self.transformer.training
-        self.transformer.eval()
-        try:
-            with self.progress_bar(total=num_inference_steps) as progress_bar:
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        continue
-                    if known is not None:
-                        latents = torch.where(known_mask, self.noised_known(known, known_noise, t), latents)
-                    scale = None
-                    if self.do_classifier_free_guidance:
-                        scale = guidance_scale_at(t, guidance_scale, guidance_schedule, num_train_timesteps)
-                    out = self.predict_frames(latents, t, labels, null_id, scale, guidance_channels, extra, window,
-                                              overlap, time_extra)
-                    out = self.split_learned_sigma(out)
-                    step_extra = {"generator": generator} if step_takes_generator else {}
-                    latents = self.scheduler.step(out, t, latents, **step_extra).prev_sample.to(dtype)
-                    if callback_on_step_end is not None:
-                        available = {"latents": latents}
-                        outputs = callback_on_step_end(self, i, t, {k: available[k] for k in
-                                                                    callback_on_step_end_tensor_inputs}) or {}
-                        latents = outputs.pop("latents", latents)
-                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
-                        progress_bar.update()
-        finally:
-            if was_training:
-                self.transformer.train()
-        if known is not None:
-            latents = torch.where(known_mask, known, latents)
-        return latents
+        return self.denoise(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
+                            callback_on_step_end_tensor_inputs)
 
     def check_call(self, class_labels, batch_size, guidance_scale, output_type, generator, num_inference_steps=50):
         """Checks shared by both pipelines; returns (class ids or None, batch size)."""
@@ -369,9 +325,11 @@ class VideoPipeline(_FramesPipeline):
         timestamps = self.batch_timestamps(timestamps, batch, num_frames)
         extra = {} if timestamps is None else {"timestamps": timestamps}
 
-        latents = self.denoise(shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
-                               shared_noise, known, known_mask, extra, window, window_overlap, num_inference_steps,
-                               callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=("timestamps",))
+        state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, extra,
+                                      shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
+                                    overlap=window_overlap)
+        latents = self.sample_frames(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
+                                     callback_on_step_end_tensor_inputs)
         frames = self.to_output(latents, output_type)
         self.maybe_free_model_hooks()
         return VideoPipelineOutput(frames=frames) if return_dict else (frames,)
@@ -464,9 +422,11 @@ class FourDPipeline(_FramesPipeline):
                 known_mask[:, :, :, 0] = True
         extra = {"cameras": cameras, "timestamps": self.batch_timestamps(timestamps, batch, num_frames)}
 
-        latents = self.denoise(shape, labels, guidance_scale, guidance_channels, guidance_schedule, generator, latents,
-                               shared_noise, known, known_mask, extra, window, window_overlap, num_inference_steps,
-                               callback_on_step_end, callback_on_step_end_tensor_inputs, time_extra=("timestamps",))
+        state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, extra,
+                                      shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
+                                    overlap=window_overlap)
+        latents = self.sample_frames(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
+                                     callback_on_step_end_tensor_inputs)
         frames = self.to_output(latents, output_type)
         self.maybe_free_model_hooks()
         return FourDPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -1,0 +1,178 @@
+"""The one denoising loop of every convdiff pipeline, built from small steps that the pipelines override.
+
+`DenoisingPipeline.denoise(state, latents, ...)` is diffusers' sampling loop, written once: it sets the
+timesteps, asks the pipeline for its starting latents, runs the denoiser in eval mode (no training-time
+label dropout drawing from the global RNG), honours `callback_on_step_end` and interruption, and counts
+second-order scheduler steps once per order in the progress bar. One pass of the loop is
+
+    latents = before_step(latents, t, state)          per-step hook (identity)
+    output  = predict(latents, t, state)              guidance_at -> run_denoiser -> guide
+    latents = step(output, t, latents, state)         scheduler.step(...).prev_sample in the sampling dtype
+    latents = step_end(i, t, latents, callback, ...)  callback_on_step_end
+
+and `finish(latents, state)` runs after the last step. Who overrides what:
+- `ClassConditionalPipeline` (class_conditional.py): `run_denoiser` (one CFG-batched forward with the null
+  class), `guide` (on the first `guidance_channels`), `step` (drops a learned variance the scheduler does not use);
+- `VideoPipeline` / `FourDPipeline` (video.py): `initial_noise` (shared noise), `prepare_latents` (known-frame
+  noise), `before_step` / `finish` (known-frame replacement), `predict` (overlapping windows, blended);
+- `LayeredTextToImagePipeline` (layered.py): `prepare_latents` (one noise draw made consistent across scales),
+  `run_denoiser`, `guide` and `step` on per-scale lists;
+- the ControlNet pipelines change no step: a forward pre-hook on the denoiser adds the control residuals.
+"""
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from .guidance import GuidanceSchedule, guidance_scale_at
+
+
+@dataclass
+class SamplingState:
+    """What one pipeline call fixes before its loop; the steps read it.
+
+    shape: the latents' shape; labels: class ids on `device` (or None), `null_id` the unconditional class;
+    guidance_channels: how many channels classifier-free guidance mixes (None: all); model_kwargs: extra
+    batch-first keyword tensors for the denoiser (doubled for the guidance batch by `run_denoiser`);
+    step_kwargs: keywords for `scheduler.step` (None: the generator, when the scheduler takes one).
+    """
+
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    generator: torch.Generator | list | None = None
+    labels: torch.Tensor | None = None
+    null_id: int | None = None
+    guidance_channels: int | None = None
+    guidance_schedule: GuidanceSchedule = "constant"
+    model_kwargs: dict = field(default_factory=dict)
+    step_kwargs: dict | None = None
+
+
+class DenoisingPipeline(DiffusionPipeline):
+    """A `DiffusionPipeline` with the one denoising loop; `denoiser_name` names its denoiser component."""
+
+    denoiser_name = "transformer"
+    _callback_tensor_inputs = ["latents"]
+
+    @property
+    def denoiser(self):
+        return getattr(self, self.denoiser_name)
+
+    # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def check_callback_inputs(self, names) -> None:
+        if names is None:
+            return
+        unknown = [k for k in names if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                             f"got {unknown}.")
+
+    # ---- the steps ----------------------------------------------------------------------------------------
+    def initial_noise(self, state: SamplingState):
+        return randn_tensor(state.shape, generator=state.generator, device=state.device, dtype=state.dtype)
+
+    def prepare_latents(self, state: SamplingState, latents=None):
+        """Fresh noise (or the given latents) times the scheduler's `init_noise_sigma`."""
+        if latents is None:
+            latents = self.initial_noise(state)
+        else:
+            latents = latents.to(device=state.device, dtype=state.dtype)
+        # DiTPipeline forgets this; Euler-type samplers start at sigma_max (~157 for the linear schedule).
+        init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
+        return latents if init_sigma is None else latents * init_sigma
+
+    def before_step(self, latents, t, state: SamplingState):
+        """Per-step hook on the latents before the model sees them (identity)."""
+        return latents
+
+    def guidance_at(self, t, state: SamplingState) -> float | None:
+        """The classifier-free guidance scale at timestep `t`, None without guidance."""
+        if not self.do_classifier_free_guidance:
+            return None
+        num_train_timesteps = self.scheduler.config.get("num_train_timesteps", 1000)
+        return guidance_scale_at(t, self._guidance_scale, state.guidance_schedule, num_train_timesteps)
+
+    def run_denoiser(self, latents, t, state: SamplingState, guided: bool):
+        """One forward pass; with `guided`, over the [conditional, unconditional] batch."""
+        raise NotImplementedError
+
+    def guide(self, model_output, scale: float, state: SamplingState):
+        """Combine the conditional and unconditional halves of a guided forward (guidance.py's rule)."""
+        raise NotImplementedError
+
+    def predict(self, latents, t, state: SamplingState):
+        """The (guided) model output for one step."""
+        scale = self.guidance_at(t, state)
+        model_output = self.run_denoiser(latents, t, state, guided=scale is not None)
+        return model_output if scale is None else self.guide(model_output, scale, state)
+
+    def step(self, model_output, t, latents, state: SamplingState):
+        latents = self.scheduler.step(model_output, t, latents, **state.step_kwargs).prev_sample
+        return latents if latents.dtype == state.dtype else latents.to(state.dtype)  # some schedulers upcast
+
+    def step_end(self, i, t, latents, callback, names):
+        """`callback_on_step_end(pipe, step, t, tensors)`; the tensors it returns replace the pipeline's."""
+        if callback is None:
+            return latents
+        available = {"latents": latents}
+        outputs = callback(self, i, t, {k: available[k] for k in names}) or {}
+        return outputs.pop("latents", latents)
+
+    def finish(self, latents, state: SamplingState):
+        """After the last step (identity)."""
+        return latents
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def denoise(self, state: SamplingState, latents, num_inference_steps: int, guidance_scale: float,
+                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
+        """Sample: set the timesteps, prepare the latents, run every step; return the final latents."""
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        self.scheduler.set_timesteps(num_inference_steps, device=state.device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(state, latents)
+        if state.step_kwargs is None:
+            takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+            state.step_kwargs = {"generator": state.generator} if takes_generator else {}
+        order = getattr(self.scheduler, "order", 1)
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * order, 0)
+
+        denoiser = self.denoiser
+        was_training = denoiser.training
+        denoiser.eval()
+        try:
+            with self.progress_bar(total=num_inference_steps) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:  # a callback may set pipe._interrupt = True to stop early
+                        continue
+                    latents = self.before_step(latents, t, state)
+                    model_output = self.predict(latents, t, state)
+                    latents = self.step(model_output, t, latents, state)
+                    latents = self.step_end(i, t, latents, callback_on_step_end, callback_on_step_end_tensor_inputs)
+                    # Second-order schedulers take two model calls per step: count a step once per order.
+                    if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
+                        progress_bar.update()
+        finally:
+            if was_training:
+                denoiser.train()
+        return self.finish(latents, state)
