@@ -6,6 +6,8 @@ import torch
 from conftest import randomize_
 
 from convdiff.models.video import InflatedFourDModel, InflatedVideoModel, inflate
+from convdiff.nn.layouts import Grid
+from convdiff.nn.spatiotemporal import GridContext
 from convdiff.registry import MODELS, create_model
 
 BACKBONES = {
@@ -152,6 +154,23 @@ def test_freeze_spatial_trains_only_new_layers():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in video.parameters() if p.requires_grad)
 
 
+def test_grid_context_lasts_one_forward_even_when_it_fails():
+    fourd = inflate(image_model("dic"), to="4d", view="two-stream", camera_dim=12)
+    x, cameras = torch.randn(1, 3, 2, 2, 8, 8), torch.randn(1, 2, 12)
+    empty = GridContext().state()
+    fourd(x, T_STEPS[:1], LABELS[:1], cameras=cameras)
+    assert fourd.context.state() == empty
+
+    def fail(*args):
+        raise RuntimeError("inside the backbone")
+
+    handle = fourd.base.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="inside the backbone"):
+        fourd(x, T_STEPS[:1], LABELS[:1], cameras=cameras)
+    handle.remove()
+    assert fourd.context.state() == empty
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     fourd = inflate(image_model("dico"), to="4d", view="two-stream", temporal=("p3d", "attention"))
     randomize_(fourd)
@@ -243,6 +262,12 @@ def test_bad_input_gives_clear_errors():
         inflate(model, to="video", temporal="conv")
     with pytest.raises(ValueError, match="view must be one of"):
         inflate(model, to="4d", view="cross")
+    # the grid context lives for one forward pass: afterwards the backbone runs on plain images again ...
+    video(torch.randn(1, 3, 2, 8, 8), t, y)
+    assert video.context.grid is None
+    images = torch.randn(3, 3, 8, 8)
+    torch.testing.assert_close(video.base(images, t, y).sample, model(images, t, y).sample)
+    # ... while inside a video forward (a grid of 2 frames) a backbone batch of another size is refused
     with pytest.raises(ValueError, match="call the inflated model, not its 2D backbone"):
-        video(torch.randn(1, 3, 2, 8, 8), t, y)
-        video.base(torch.randn(3, 3, 8, 8), torch.tensor([1]), torch.tensor([1]))
+        with video.context.scope(Grid(1, 1, 2), frame_timestamps=torch.zeros(2)):
+            video.base(torch.randn(3, 3, 8, 8), torch.tensor([1]), torch.tensor([1]))

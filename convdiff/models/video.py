@@ -1,17 +1,11 @@
-"""Inflation: turn a 2D convdiff backbone into a video model (B,C,F,H,W) or a 4D model (B,C,V,T,H,W).
+"""Inflated models: a 2D convdiff backbone as a video model (B,C,F,H,W) or a 4D model (B,C,V,T,H,W).
 
-The 2D model keeps running on frames (B*V*T, C, H, W). Inflation wraps its modules in place, without
-touching the backbone's code:
-- every repeated block (the class names in the backbone's `_repeated_blocks`; for diffusers' UNet2DModel
-  and DiTTransformer2DModel baselines, their ResnetBlock2D / BasicTransformerBlock) becomes a
-  `SpatioTemporalBlock`: the block, then temporal layers over the frames of each pixel, then (4D) view
-  layers, or the sync layer of a two-stream model;
-- with temporal="p3d", every 3x3 conv inside those blocks becomes a `P3DConv` (1x3x3 spatial + 3x1x1
-  temporal, placements A / B / C, cycled A -> B -> C with "mixed" as in P3D ResNet); a block with no 3x3
-  conv gets a residual temporal conv after it instead;
-- every timestep embedder gets a zero-initialised camera / timestamp embedding added to its output.
-Each new layer starts as the identity, so at initialisation the inflated model equals the 2D model applied
-to every frame. The grid sizes reach the inserted layers through one shared `GridContext`.
+`inflate(model, to="video" | "4d", ...)` builds an `InflatedVideoModel` / `InflatedFourDModel` that holds the
+2D backbone, rewritten by the surgery of inflation.py (temporal layers and P3D convs in its blocks, view or
+sync layers for 4D, camera / timestamp embeddings on its timestep embedders), and runs it on frames
+(B*V*T, C, H, W). Each new layer starts as the identity, so at initialisation the inflated model equals the 2D
+model applied to every frame. The grid sizes reach the inserted layers through one shared `GridContext`,
+set for the duration of each forward pass.
 
 4D designs (view=): "attention" runs temporal then view attention in sequence (factorized); "two-stream"
 is 4Real-Video: the batch holds a view stream and a time stream, every block runs on both (its temporal
@@ -23,45 +17,42 @@ A degenerate grid is fine: V=1 is plain video (view layers skip), T=1 is a set o
 (temporal attention skips), so image, video and multi-view data can share one model.
 """
 
-import inspect
 from dataclasses import dataclass
 from itertools import chain
 
 import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.embeddings import TimestepEmbedding as DiffusersTimestepEmbedding
 from diffusers.utils import BaseOutput
-from einops import rearrange
 from torch import nn
 
-from ..nn.camera import FrameConditionEmbedding
 from ..nn.embeddings import TimestepEmbedding
-from ..nn.layouts import Grid, frames_to_grid, grid_to_frames, grid_to_video, maps_to_tokens, tokens_to_maps, video_to_grid
-from ..nn.spatiotemporal import (
-    P3D_VARIANTS,
-    GridContext,
-    P3DConv,
-    SyncLayer,
-    TemporalAttention,
-    TokenTemporalConv,
-    ViewAttention,
-    along_time,
-    attention_heads,
+from ..nn.layouts import Grid, frames_to_grid, grid_to_frames, grid_to_video, video_to_grid
+from ..nn.spatiotemporal import GridContext
+from .class_paths import class_path
+# The surgery's names stay importable from here (convdiff.models.video.plan_inflation, ...).
+from .inflation import (  # noqa: F401
+    DIFFUSERS_BLOCKS,
+    SYNC_EMBED_DIM,
+    TEMPORAL_KINDS,
+    VIEW_KINDS,
+    FrameConditionedTimestepEmbedding,
+    InflationOptions,
+    SpatioTemporalBlock,
+    backbone_scales,
+    call_backbone,
+    inflate_modules,
+    is_spatial_3x3,
+    normalize_temporal,
+    plan_inflation,
+    resolve_base_class,
 )
-from ..nn.view_time_attention import FusedViewTimeAttention
-from .class_paths import class_path, import_class
 from .inputs import broadcast_timesteps
 from .memory_format import restore_channels_last
 
-TEMPORAL_KINDS = ("p3d", "attention")
-VIEW_KINDS = ("attention", "two-stream", "fused")
 # Config entries of the 2D model that the inflated model repeats, so training / pipeline helpers read them as usual.
 MIRRORED_CONFIG = ("sample_size", "in_channels", "out_channels", "learn_sigma", "num_classes", "class_dropout_prob",
                    "prediction_type")
-SYNC_EMBED_DIM = 128
-# diffusers' baselines do not list their repeated blocks (_repeated_blocks is empty): where to inflate them
-DIFFUSERS_BLOCKS = {"UNet2DModel": ("ResnetBlock2D",), "DiTTransformer2DModel": ("BasicTransformerBlock",)}
 
 
 @dataclass
@@ -73,221 +64,25 @@ class InflatedModelOutput(BaseOutput):
     scales: list | None = None
 
 
-class SpatioTemporalBlock(nn.Module):
-    """A 2D block followed by residual layers that mix its output across frames and views."""
-
-    def __init__(self, block: nn.Module, context: GridContext, temporal=(), view=(), sync: SyncLayer | None = None):
-        super().__init__()
-        self.block = block
-        self.temporal = nn.ModuleList(temporal)
-        self.view = nn.ModuleList(view)
-        self.sync = sync
-        self.context = context
-
-    def __getattr__(self, name):
-        """Attributes the backbone reads from its blocks (DiT reads blocks[0].norm1) come from the 2D block."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "block":
-                raise
-            return getattr(self.block, name)
-
-    def forward(self, x, *args, **kwargs):
-        out = self.block(x, *args, **kwargs)
-        if isinstance(out, tuple):
-            return (self.mix(out[0]),) + out[1:]
-        return self.mix(out)
-
-    def mix(self, hidden: torch.Tensor) -> torch.Tensor:
-        is_map = hidden.dim() == 4  # (N, C, H, W) maps or (N, S, C) tokens
-        tokens = maps_to_tokens(hidden) if is_map else hidden
-        frames, windows = self.context.frames_in_batch(), 1
-        if frames and tokens.shape[0] != frames and tokens.shape[0] % frames == 0:
-            # a windowed block (DiffiT) ran on (frames * windows, window tokens, C): gather each frame's windows
-            windows = tokens.shape[0] // frames
-            tokens = rearrange(tokens, "(n k) s c -> n (k s) c", k=windows)
-        for layer in self.temporal:
-            tokens = along_time(tokens, self.context, layer)
-        if len(self.view):
-            grid = self.context.grid_for(tokens.shape[0])
-            for layer in self.view:
-                tokens = layer(tokens, grid)
-        if self.sync is not None and self.context.two_stream:
-            view_stream, time_stream = tokens.chunk(2)
-            tokens = torch.cat(self.sync(view_stream, time_stream, self.context.sync_condition))
-        if windows > 1:
-            tokens = rearrange(tokens, "n (k s) c -> (n k) s c", k=windows)
-        return tokens_to_maps(tokens, hidden.shape[2]) if is_map else tokens
-
-
-class FrameConditionedTimestepEmbedding(nn.Module):
-    """A backbone's timestep embedder plus the per-frame camera / timestamp embedding (zero at init)."""
-
-    def __init__(self, embedder: nn.Module, frame_embedding: FrameConditionEmbedding, context: GridContext):
-        super().__init__()
-        self.embedder = embedder
-        self.frame_embedding = frame_embedding
-        self.context = context
-
-    def forward(self, *args, **kwargs):
-        out = self.embedder(*args, **kwargs)
-        if self.context.grid is None:  # the backbone run on its own, on images
-            return out
-        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps)
-        if extra.shape[0] != out.shape[0]:
-            raise ValueError(f"the timestep embedder produced {out.shape[0]} rows for {extra.shape[0]} frames; "
-                             f"call the inflated model, not its 2D backbone, on video input.")
-        return out + extra.to(out.dtype)
-
-
-# --- the 2D backbone: where its blocks are, how to call it -------------------------------------------------------
-
-def resolve_base_class(path: str) -> type:
-    cls = import_class(path, "2D backbone")
-    if not issubclass(cls, ModelMixin):
-        raise ValueError(f"{path!r} is not a diffusers ModelMixin class, so it cannot be the 2D backbone.")
-    return cls
-
-
-def call_backbone(base: nn.Module, frames, timesteps, class_labels=None, force_drop_ids=None, **kwargs) -> list:
-    """base(frames, t, class_labels, ...) -> [(N, C_out, H, W) prediction] for any convdiff 2D backbone; one per
-    scale, top first, for a multi-scale one (frames is then a list too)."""
-    params = inspect.signature(base.forward).parameters
-    if class_labels is not None or "class_labels" in params:
-        kwargs["class_labels"] = class_labels
-    if force_drop_ids is not None and "force_drop_ids" in params:
-        kwargs["force_drop_ids"] = force_drop_ids
-    out = base(frames, timesteps, return_dict=False, **kwargs)
-    if isinstance(out, (tuple, list)) and len(out) > 1 and isinstance(out[1], (tuple, list)):
-        return list(out[1])  # (top, [every scale])
-    return [out[0] if isinstance(out, (tuple, list)) else out]
-
-
-def backbone_scales(base: nn.Module) -> list | None:
-    """The input resolutions of a multi-scale backbone (top first), None for a single-input one."""
-    sizes = getattr(base, "scale_sizes", None)
-    return list(sizes) if sizes is not None and len(sizes) > 1 else None
-
-
-def _dummy_call(base: nn.Module) -> None:
-    """One batch-1 forward at the smallest size the backbone accepts (its stride, else its sample size)."""
-    config = base.config
-    param = next(base.parameters())
-    like = dict(device=param.device, dtype=param.dtype)
-    classes = config.get("num_classes") or config.get("num_class_embeds") or config.get("num_embeds_ada_norm")
-    labels = torch.zeros(1, dtype=torch.long, device=param.device) if classes else None
-    extra = {}
-    if config.get("cross_attention_dim"):
-        extra["encoder_hidden_states"] = torch.zeros(1, 1, config["cross_attention_dim"], **like)
-    sizes = [s for s in (getattr(base, "stride", None), config.get("sample_size")) if isinstance(s, int)]
-    scales = backbone_scales(base)
-    for i, size in enumerate(sizes or [32]):
-        x = torch.zeros(1, config["in_channels"], size, size, **like)
-        if scales:
-            x = [torch.zeros(1, config["in_channels"], s, s, **like) for s in scales]
-        try:
-            call_backbone(base, x, torch.zeros(1, dtype=torch.long, device=param.device), labels, **extra)
-            return
-        except (ValueError, RuntimeError):
-            if i == len(sizes) - 1:
-                raise
-
-
-def plan_inflation(base: nn.Module) -> dict:
-    """Which modules of a 2D backbone get video layers and their widths, found by one small forward pass.
-
-    Returns {"blocks": [[name, width], ...], "timestep_embedders": [[name, width], ...]} in module order.
-    The plan is stored in the inflated model's config, so loading never needs the dry run.
-    """
-    block_classes = set(getattr(base, "_repeated_blocks", None) or getattr(base, "_no_split_modules", None)
-                        or DIFFUSERS_BLOCKS.get(type(base).__name__, ()))
-    if not block_classes:
-        raise ValueError(f"{type(base).__name__} lists no repeated block class (_repeated_blocks), so inflation "
-                         f"cannot tell where to insert temporal layers.")
-    blocks = []
-    for name, module in base.named_modules():
-        if type(module).__name__ in block_classes and not any(name.startswith(b + ".") for b in blocks):
-            blocks.append(name)
-    embedders = [name for name, m in base.named_modules() if isinstance(m, (TimestepEmbedding, DiffusersTimestepEmbedding))]
-    widths = {}
-
-    def record(name):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, tuple) else output
-            if torch.is_tensor(out) and out.dim() in (2, 3, 4):
-                widths.setdefault(name, out.shape[1] if out.dim() in (2, 4) else out.shape[2])
-        return hook
-
-    hooks = [base.get_submodule(name).register_forward_hook(record(name)) for name in blocks + embedders]
-    try:
-        with torch.no_grad():
-            _dummy_call(base)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {"blocks": [[n, widths[n]] for n in blocks if n in widths],
-            "timestep_embedders": [[n, widths[n]] for n in embedders if n in widths]}
-
-
-def is_spatial_3x3(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
-            and module.dilation == (1, 1))
-
-
-def normalize_temporal(temporal) -> list:
-    kinds = [temporal] if isinstance(temporal, str) else list(temporal or [])
-    unknown = [k for k in kinds if k not in TEMPORAL_KINDS]
-    if unknown or len(set(kinds)) != len(kinds):
-        raise ValueError(f"temporal must be 'p3d', 'attention' or both, e.g. ('p3d', 'attention'); got {temporal!r}.")
-    return kinds
-
-
 # --- the inflated models ------------------------------------------------------------------------------------------
 
 class _InflatedModel(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
-    def _build(self, base_class, base_config, temporal, view, view_scope, sync, p3d_variant, camera_dim,
-               time_conditioning, max_frames, max_views, attention_head_dim, freeze_spatial, plan):
-        temporal = normalize_temporal(temporal)
-        if p3d_variant not in (*P3D_VARIANTS, "mixed"):
-            raise ValueError(f"p3d_variant must be 'A', 'B', 'C' or 'mixed', got {p3d_variant!r}.")
+    def _build(self, base_class: str, base_config: dict | None, options: InflationOptions, plan: dict | None,
+               freeze_spatial: bool) -> None:
+        """Build the 2D backbone from its class path and config, and inflate it after `plan` (found by a dry
+        run and stored in the config when None) with the layers `options` describes."""
         base = resolve_base_class(base_class)(**(base_config or {}))
         if plan is None:
             plan = plan_inflation(base)
             self.register_to_config(plan=plan)
         self.register_to_config(**{k: base.config[k] for k in MIRRORED_CONFIG if k in base.config})
         self.context = GridContext()
-        self.two_stream = view == "two-stream"
+        self.two_stream = options.two_stream
         names_2d = {id(t): n for n, t in base.state_dict(keep_vars=True).items()}  # persistent tensors only
         fixed_in_2d = {id(p) for p in base.parameters() if not p.requires_grad}  # e.g. DiffiT's pos_embed
-
-        if camera_dim or time_conditioning:
-            for name, width in plan["timestep_embedders"]:
-                frame_embedding = FrameConditionEmbedding(width, camera_dim, timestamps=time_conditioning)
-                base.set_submodule(name, FrameConditionedTimestepEmbedding(base.get_submodule(name), frame_embedding,
-                                                                           self.context))
-        p3d_count = 0
-        for name, width in plan["blocks"]:
-            block = base.get_submodule(name)
-            temporal_layers = []
-            if "p3d" in temporal:
-                convs = [n for n, m in block.named_modules() if is_spatial_3x3(m)]
-                for conv_name in convs:
-                    variant = "ABC"[p3d_count % 3] if p3d_variant == "mixed" else p3d_variant
-                    block.set_submodule(conv_name, P3DConv(block.get_submodule(conv_name), variant, self.context))
-                    p3d_count += 1
-                if not convs:
-                    temporal_layers.append(TokenTemporalConv(width))
-            heads = attention_heads(width, attention_head_dim)
-            if view == "fused":
-                temporal_layers.append(FusedViewTimeAttention(width, heads, max_views, max_frames))
-            elif "attention" in temporal:
-                temporal_layers.append(TemporalAttention(width, heads, max_frames))
-            view_layers = [ViewAttention(width, heads, max_views, view_scope)] if view == "attention" else []
-            sync_layer = SyncLayer(width, SYNC_EMBED_DIM, sync) if self.two_stream else None
-            base.set_submodule(name, SpatioTemporalBlock(block, self.context, temporal_layers, view_layers, sync_layer))
+        inflate_modules(base, plan, options, self.context)
         if self.two_stream:
             self.sync_embedding = TimestepEmbedding(SYNC_EMBED_DIM)
         self.base = base
@@ -296,6 +91,11 @@ class _InflatedModel(ModelMixin, ConfigMixin):
                               for n, t in base.state_dict(keep_vars=True).items() if id(t) in names_2d}
         self.fixed_names = {f"base.{n}" for n, p in base.named_parameters() if id(p) in fixed_in_2d}
         self.freeze_spatial_layers(freeze_spatial)
+
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func=torch.utils.checkpoint.checkpoint) -> None:
+        """diffusers' switch, with blocks recomputed in the backward pass inside their forward's grid context."""
+        super()._set_gradient_checkpointing(enable, self.context.checkpointed(gradient_checkpointing_func))
 
     # --- weights -------------------------------------------------------------------------------------------------
 
@@ -429,15 +229,17 @@ class _InflatedModel(ModelMixin, ConfigMixin):
             return None if t is None else t.repeat_interleave(per_video, dim=0).repeat(streams, *([1] * (t.dim() - 1)))
 
         frame_timesteps = timesteps.repeat_interleave(per_video)
-        self.context.grid, self.context.two_stream = grid, self.two_stream
-        self.context.frame_timestamps = None if frame_timestamps is None else frame_timestamps.repeat(streams)
-        self.context.frame_cameras = None if frame_cameras is None else frame_cameras.repeat(streams, 1)
-        self.context.sync_condition = self.sync_embedding(frame_timesteps) if self.two_stream else None
         extra = {k: per_frame(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch else v
                  for k, v in base_kwargs.items()}
         frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
-        outputs = call_backbone(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
-                                frame_timesteps.repeat(streams), per_frame(labels), per_frame(force_drop_ids), **extra)
+        with self.context.scope(
+                grid, self.two_stream,
+                sync_condition=self.sync_embedding(frame_timesteps) if self.two_stream else None,
+                frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
+                frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams)):
+            outputs = call_backbone(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
+                                    frame_timesteps.repeat(streams), per_frame(labels), per_frame(force_drop_ids),
+                                    **extra)
         if self.two_stream:  # average the view stream's and the time stream's predictions
             outputs = [out.unflatten(0, (2, -1)).mean(0) for out in outputs]
         return [frames_to_grid(out, grid) for out in outputs]
@@ -463,10 +265,9 @@ class InflatedVideoModel(_InflatedModel):
         class_dropout_prob=None, prediction_type=None,
     ):
         super().__init__()
-        if not normalize_temporal(temporal):
-            raise ValueError("a video model needs temporal layers: temporal='p3d', 'attention' or both.")
-        self._build(base_class, base_config, temporal, None, None, None, p3d_variant, None, time_conditioning,
-                    max_frames, None, attention_head_dim, freeze_spatial, plan)
+        options = InflationOptions(temporal=temporal, p3d_variant=p3d_variant, time_conditioning=time_conditioning,
+                                   max_frames=max_frames, attention_head_dim=attention_head_dim)
+        self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, timestamps=None, force_drop_ids=None,
                 return_dict: bool = True, **base_kwargs):
@@ -505,13 +306,10 @@ class InflatedFourDModel(_InflatedModel):
         class_dropout_prob=None, prediction_type=None,
     ):
         super().__init__()
-        if view not in VIEW_KINDS:
-            raise ValueError(f"view must be one of {', '.join(VIEW_KINDS)}, got {view!r}.")
-        if view == "two-stream" and not normalize_temporal(temporal):
-            raise ValueError("a two-stream model runs its temporal layers over views and over time: "
-                             "give temporal='attention' and/or 'p3d'.")
-        self._build(base_class, base_config, temporal, view, view_scope, sync, p3d_variant, camera_dim,
-                    time_conditioning, max_frames, max_views, attention_head_dim, freeze_spatial, plan)
+        options = InflationOptions(temporal=temporal, view=view, view_scope=view_scope, sync=sync,
+                                   p3d_variant=p3d_variant, camera_dim=camera_dim, time_conditioning=time_conditioning,
+                                   max_frames=max_frames, max_views=max_views, attention_head_dim=attention_head_dim)
+        self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, cameras=None, timestamps=None, force_drop_ids=None,
                 return_dict: bool = True, **base_kwargs):

@@ -10,10 +10,11 @@ an inflated model equals its image model applied frame by frame until training m
 - `SyncLayer`: 4Real-Video's hard / soft synchronisation of the view stream and the time stream.
 The fused view-time attention of 4Real-Video-V2 is in view_time_attention.py, camera / time conditioning in
 camera.py. Layers that mix frames read the grid sizes from a shared `GridContext` that the inflated model
-fills in before every forward pass.
+sets for the duration of every forward pass.
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -44,7 +45,12 @@ class GridContext:
     stream, D) noise-level features for the sync layers; frame_cameras / frame_timestamps: per-frame camera
     parameters and times for the timestep-embedding conditioning. With no grid set, every frame is its own
     one-frame video, so the backbone can still be run on plain images.
+
+    The inflated model sets it for one forward pass only (`scope`), and a checkpointed block recomputed in
+    the backward pass sees the context of its forward (`checkpointed`).
     """
+
+    FIELDS = ("grid", "two_stream", "sync_condition", "frame_cameras", "frame_timestamps")
 
     def __init__(self):
         self.grid: Grid | None = None
@@ -52,6 +58,34 @@ class GridContext:
         self.sync_condition = None
         self.frame_cameras = None
         self.frame_timestamps = None
+
+    def state(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    @contextmanager
+    def scope(self, grid: Grid | None = None, two_stream: bool = False, sync_condition=None, frame_cameras=None,
+              frame_timestamps=None):
+        """The context of one forward pass; the previous one (normally empty) is back afterwards, even on error."""
+        saved = self.state()
+        self.grid, self.two_stream, self.sync_condition = grid, two_stream, sync_condition
+        self.frame_cameras, self.frame_timestamps = frame_cameras, frame_timestamps
+        try:
+            yield self
+        finally:
+            for name, value in zip(self.FIELDS, saved):
+                setattr(self, name, value)
+
+    def checkpointed(self, checkpoint_func):
+        """Wrap a gradient-checkpointing function `(block, *args)` so that the block's recomputation in the
+        backward pass, after the forward's scope has closed, runs in the context of its forward."""
+        def run(block, *args, **kwargs):
+            forward_state = self.state()
+
+            def in_forward_context(*inputs, **named):
+                with self.scope(*forward_state):
+                    return block(*inputs, **named)
+            return checkpoint_func(in_forward_context, *args, **kwargs)
+        return run
 
     def frames_in_batch(self) -> int | None:
         """How many frames the backbone's batch axis holds (both streams), None outside a video forward."""
