@@ -1,9 +1,10 @@
 """`convdiff <command>`: train, sample, fid, convert, bench, extract-latents, mnist-demo.
 
-Each command lives next to the code it runs; this file only dispatches, importing lazily so
-`convdiff --help` stays fast. A user error (bad input: ValueError, or a missing, existing or unwritable file:
-OSError) prints one line, `convdiff <command>: error: ...`, and exits 2; `--debug` anywhere on the command
-line shows the full traceback instead. Other exceptions are bugs and keep their traceback.
+Each command lives next to the code it runs (a library layer's `*_main`, or an application module in
+`convdiff/apps/`); this file only dispatches, importing lazily so `convdiff --help` stays fast. A user error
+(bad input: ValueError, or a missing, existing or unwritable file: OSError) prints one line,
+`convdiff <command>: error: ...`, and exits 2; `--debug` anywhere on the command line shows the full
+traceback instead. Other exceptions are bugs and keep their traceback.
 """
 
 import argparse
@@ -11,15 +12,15 @@ import sys
 
 COMMANDS = {
     "train": ("convdiff.training", "train_main", "train any registered backbone (run under accelerate launch)"),
-    "sample": ("convdiff.sampling", "sample_main", "sample a grid or an ADM-format .npz from a pipeline folder or a registry model"),
+    "sample": ("convdiff.apps.sample", "sample_main", "sample a grid or an ADM-format .npz from a pipeline folder or a registry model"),
     "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
     "convert": ("convdiff.convert.main", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
-    "bench": ("convdiff.bench", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
+    "bench": ("convdiff.apps.benchmarks.forward", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
-    "mnist-demo": ("convdiff.demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
-    "controlnet-demo": ("convdiff.controlnet_demo", "controlnet_demo_main", "edge-map ControlNet on the shipped MNIST model: train, measure adherence, grid"),
-    "video-demo": ("convdiff.video_demo", "video_demo_main", "inflate the MNIST model to video (or train a tiny 4D model), train on CPU, GIFs, metrics"),
+    "mnist-demo": ("convdiff.apps.mnist_demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
+    "controlnet-demo": ("convdiff.apps.controlnet_demo", "controlnet_demo_main", "edge-map ControlNet on the shipped MNIST model: train, measure adherence, grid"),
+    "video-demo": ("convdiff.apps.video_demo", "video_demo_main", "inflate the MNIST model to video (or train a tiny 4D model), train on CPU, GIFs, metrics"),
 }
 
 USER_ERRORS = (ValueError, OSError)

@@ -3,7 +3,7 @@
     python scripts/benchmark.py                                   # the default run (~10 min on 2 cores)
     python scripts/benchmark.py --models dico-s dit-s-2 --precisions fp32 --channels-last --no-write
 
-All logic lives in convdiff.bench (see `python scripts/benchmark.py --help`).
+All logic lives in convdiff.apps.benchmarks.forward (see `python scripts/benchmark.py --help`).
 """
 
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from convdiff.bench import main  # noqa: E402
+from convdiff.apps.benchmarks.forward import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,123 +1,17 @@
-"""Training-step speed on MNIST-shaped batches: img/s of forward + backward + AdamW for DiC, DiCo and diffusers'
-UNet2DModel / DiT (~1.7M params each, registry names *-mnist), before and after the layout change, and compiled.
-
-Paths, measured side by side in one process and alternated round-robin so that load on the machine hits all alike:
-- `nchw`: our conv models as they were before they went channels-last (4-D weights and input NCHW);
-- `default`: what `create_model(name)` gives now (DiC / DiCo channels-last inside; diffusers models unchanged);
-- `compiled`: the default path under `torch.compile` (the recipe key `compile: true`), compile time excluded.
-The 2048^3 fp32 matmul rate is measured in the same run. Prints a markdown table and appends it to
-docs/benchmarks.md with the command, machine and date (`--no-write` to skip).
+"""Training-step speed on MNIST-shaped batches (img/s of forward + backward + AdamW), NCHW vs
+channels-last vs compiled.
 
     python scripts/benchmark_train_speed.py                 # batch 64, 2 threads, ~3 min
+
+All logic lives in convdiff.apps.benchmarks.train_speed (see `python scripts/benchmark_train_speed.py --help`).
 """
 
-import argparse
-import datetime as dt
-import shlex
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from convdiff import create_model  # noqa: E402
-from convdiff.bench import machine_line, measure_matmul_peak  # noqa: E402
-from convdiff.models import control_points  # noqa: E402
-from convdiff.models.memory_format import ChannelsLastMixin  # noqa: E402
-
-MODELS = ["dic-mnist", "dico-mnist", "unet-mnist", "dit-mnist"]
-PATHS = ["nchw", "default", "compiled"]
-
-
-def build(name: str, path: str):
-    torch.manual_seed(0)
-    model = create_model(name).train()
-    if path == "nchw" and isinstance(model, ChannelsLastMixin):
-        for p in model.parameters():
-            p.data = p.data.contiguous()
-    if path == "compiled":
-        model.compile()
-    return model
-
-
-def make_step(model, path: str, batch: int):
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, 28, 28, generator=generator)
-    t = torch.randint(0, 1000, (batch,), generator=generator)
-    y = torch.randint(0, 10, (batch,), generator=generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    keep_layout = path == "nchw" and isinstance(model, ChannelsLastMixin)
-
-    def step():
-        saved = control_points.to_channels_last
-        if keep_layout:  # the NCHW path of before: no conversion of the input either
-            control_points.to_channels_last = lambda tensor: tensor
-        try:
-            out = model(x, t, class_labels=y).sample  # every one of the four takes (x, t, class_labels)
-            out.float().square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        finally:
-            control_points.to_channels_last = saved
-
-    return step
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each times every (model, path) once")
-    parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-
-    peak = measure_matmul_peak("fp32")
-    steps = {}
-    for name in args.models:
-        for path in args.paths:
-            model = build(name, path)
-            step = make_step(model, path, args.batch)
-            tick = time.perf_counter()
-            step()
-            step()  # warm-up (and the compile, for the compiled path)
-            print(f"{name:11s} {path:8s} warm-up {time.perf_counter() - tick:6.1f} s", flush=True)
-            steps[name, path] = (step, [])
-    for _ in range(args.rounds):
-        for (name, path), (step, times) in steps.items():
-            tick = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times.append((time.perf_counter() - tick) / args.steps)
-    peak_after = measure_matmul_peak("fp32")
-
-    rate = {key: args.batch / sorted(times)[len(times) // 2] for key, (_, times) in steps.items()}  # median step
-    header = "| model | " + " | ".join(f"{p} img/s" for p in args.paths) + " | default / nchw | best / nchw |"
-    lines = [header, "|" + "---|" * (len(args.paths) + 3)]
-    for name in args.models:
-        row = [f"{rate[name, p]:.1f}" for p in args.paths]
-        base = rate.get((name, "nchw"))
-        default = rate.get((name, "default"))
-        best = max(rate[name, p] for p in args.paths)
-        lines.append(f"| {name} | " + " | ".join(row) + f" | {default / base:.2f}x | {best / base:.2f}x |"
-                     if base and default else f"| {name} | " + " | ".join(row) + " | | |")
-    table = "\n".join(lines)
-    command = "python scripts/benchmark_train_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    section = (f"## Training-step speed on MNIST batches: NCHW vs channels-last vs compiled\n\n"
-               f"- command: `{command.strip()}`\n- date: {dt.date.today().isoformat()}\n"
-               f"- machine: {machine_line(torch.get_num_threads())}\n"
-               f"- fp32 matmul (2048^3) rate in this run: {peak:.0f} GFLOP/s before the models, {peak_after:.0f} after\n"
-               f"- batch {args.batch} of 1x28x28, forward + backward + AdamW, median of {args.rounds} rounds x "
-               f"{args.steps} steps, paths alternated round-robin\n\n{table}\n")
-    print(section)
-    if not args.no_write:
-        with open(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md", "a") as f:
-            f.write("\n" + section)
-    return 0
-
+from convdiff.apps.benchmarks.train_speed import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from convdiff.demo import DEFAULT_RECIPE, mnist_samples, mnist_scores
+from convdiff.apps.mnist_demo import DEFAULT_RECIPE, mnist_samples, mnist_scores
 from convdiff.pipelines import ClassConditionalPipeline
 from convdiff.training.config import load_config
 from convdiff.training.loop import train

@@ -3,17 +3,18 @@
 import torch
 from torch import nn
 
-from convdiff import bench
+from convdiff.apps.benchmarks import forward as bench
+from convdiff.apps.benchmarks import instruments
 from convdiff.registry import create_model
 
 
 def test_depthwise_and_grouped_conv_counted_per_group():
     conv = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 3, padding=1, groups=4))
     x = torch.randn(2, 16, 8, 8)
-    flops, _ = bench.count_flops(conv, (x,))
+    flops, _ = instruments.count_flops(conv, (x,))
     expected_macs = 2 * 8 * 8 * (16 * 1 * 9 + 32 * 4 * 9)
     assert flops == 2 * expected_macs
-    counts = bench.analytic_macs(conv, (x,))
+    counts = instruments.analytic_macs(conv, (x,))
     assert counts["depthwise/grouped conv"] == expected_macs and counts["total"] == expected_macs
 
 
@@ -23,9 +24,9 @@ def test_cpu_attention_is_counted():
             return nn.functional.scaled_dot_product_attention(q, q, q)
 
     q = torch.randn(2, 3, 16, 8)
-    flops, by_op = bench.count_flops(Attn(), (q,))
+    flops, by_op = instruments.count_flops(Attn(), (q,))
     assert flops == 2 * (2 * 3 * 16 * 16 * (8 + 8))
-    assert bench.analytic_macs(Attn(), (q,))["attention"] == flops // 2
+    assert instruments.analytic_macs(Attn(), (q,))["attention"] == flops // 2
 
 
 def test_counters_agree_on_tiny_models_and_tables_format():
@@ -33,8 +34,8 @@ def test_counters_agree_on_tiny_models_and_tables_format():
     for name in ("dic-tiny", "dit-tiny"):
         model = bench.build(name)
         inputs = bench.make_inputs(1, model, channels_last=False)
-        flops, by_op = bench.count_flops(model, inputs)
-        macs = bench.analytic_macs(model, inputs)["total"]
+        flops, by_op = instruments.count_flops(model, inputs)
+        macs = instruments.analytic_macs(model, inputs)["total"]
         assert flops > 0 and abs(flops / 2 - macs) <= 1e-3 * macs, (name, flops, macs)
         r = bench.Result(name, "fp32", "NCHW", 1, sum(p.numel() for p in model.parameters()), flops, by_op, macs)
         r.times = [0.01, 0.02, 0.03]

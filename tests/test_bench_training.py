@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from convdiff import bench_training as bt
+from convdiff.apps.benchmarks import training as bt
 from convdiff.pipelines import ClassConditionalPipeline
 from convdiff.pipelines.class_conditional import class_info
 from convdiff.registry import create_model

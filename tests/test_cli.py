@@ -49,9 +49,9 @@ def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, cap
     monkeypatch.setenv("CONVDIFF_CACHE", str(tmp_path / "cache"))
     import importlib
 
-    import convdiff.demo
+    import convdiff.apps.mnist_demo
 
-    importlib.reload(convdiff.demo)
+    importlib.reload(convdiff.apps.mnist_demo)
     assert main(["mnist-demo", "--pipeline", str(trained), "--fid-samples", "12", "--fid-steps", "2",
                  f"output_dir={tmp_path / 'demo'}"]) == 0
     printed = capsys.readouterr().out
@@ -59,6 +59,15 @@ def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, cap
     assert "class accuracy (independent digit classifier)" in printed and "shipped features" in printed
     assert Image.open(tmp_path / "demo/grid.png").size == (280, 280)  # the first 100 samples, sampled once
     assert not (tmp_path / "cache/fid").exists()  # the shipped reference features stand in: nothing recomputed
+
+
+def test_the_mnist_protocol_keeps_its_earlier_import_path():
+    """README names convdiff.demo.mnist_scores / mnist_fid / mnist_samples: the same functions as in apps/."""
+    from convdiff import demo
+
+    for name in ("mnist_scores", "mnist_fid", "mnist_samples"):  # by name: another test reloads apps.mnist_demo
+        function = getattr(demo, name)
+        assert (function.__module__, function.__name__) == ("convdiff.apps.mnist_demo", name)
 
 
 def test_console_entry_point_lists_commands():

@@ -384,7 +384,7 @@ def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, t
 
 
 def test_demo_adherence_measure_and_grid(tiny_base):
-    from convdiff.controlnet_demo import adherence, comparison_grid, evaluate, markdown_table
+    from convdiff.apps.controlnet_demo import adherence, comparison_grid, evaluate, markdown_table
 
     digits = torch.zeros(2, 1, 28, 28)
     digits[:, :, 8:20, 10:18] = 1.0

@@ -11,8 +11,8 @@ For every model (registry names, all about 1.7M parameters) this
 2. reads the steps reached, the train loss and the img/s back from the run's TensorBoard log;
 3. computes the objective's loss of the EMA weights on fixed held-out (digit, noise, timestep) triples, a
    less noisy loss figure than the last training batches;
-4. scores the saved pipeline with `convdiff.demo.mnist_scores` (balanced labels, the recipe's sampler, FID
-   against the held-out digits and the independent classifier's class accuracy).
+4. scores the saved pipeline with `convdiff.apps.mnist_demo.mnist_scores` (balanced labels, the recipe's
+   sampler, FID against the held-out digits and the independent classifier's class accuracy).
 
 Run models one after another in one process with one thread (OMP_NUM_THREADS=1), so they share conditions.
 The table, the verdict on the target (DiC and DiCo below both baselines' FID) and the command, machine and
@@ -37,7 +37,7 @@ import torch
 DEFAULT_MODELS = ["dic-mnist", "dico-mnist", "unet-mnist", "dit-mnist"]
 OURS = ("DiC", "DiCo")
 DOC_PATH = Path("docs/benchmarks.md")
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "dic-mnist-tiny.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[3] / "configs" / "dic-mnist-tiny.yaml"
 LAST_STEPS_FOR_LOSS = 20  # "final loss" = mean training loss over the last 20 optimizer steps
 HELDOUT_LOSS_SAMPLES = 500
 
@@ -72,7 +72,7 @@ class Run:
 # ------------------------------------------------------------------------------------------------ models
 
 def family(name: str) -> str:
-    from .registry import model_spec
+    from ...registry import model_spec
 
     cls, _ = model_spec(name)
     return {"DiCModel": "DiC", "DiCoModel": "DiCo", "UNet2DModel": "diffusers UNet2DModel",
@@ -81,7 +81,7 @@ def family(name: str) -> str:
 
 def recipe_model_overrides(name: str) -> dict:
     """What the benchmark forces to be equal for every model: no learned sigma, no label dropout."""
-    from .registry import model_spec
+    from ...registry import model_spec
 
     cls, _ = model_spec(name)
     params = inspect.signature(cls.__init__).parameters
@@ -94,7 +94,7 @@ def recipe_model_overrides(name: str) -> dict:
 
 
 def build_config(name: str, args, output_root: Path, seed: int = 0):
-    from .training.config import load_config
+    from ...training.config import load_config
 
     config = load_config(args.recipe)
     return dataclasses.replace(
@@ -110,9 +110,9 @@ def build_config(name: str, args, output_root: Path, seed: int = 0):
 
 def describe_model(config) -> Run:
     """Parameters, label dropout and learned sigma of the model exactly as the training loop builds it."""
-    from .registry import create_model
-    from .training.labels import disable_internal_label_dropout, null_class_and_dropout
-    from .training.denoise_task import model_overrides_for
+    from ...registry import create_model
+    from ...training.labels import disable_internal_label_dropout, null_class_and_dropout
+    from ...training.denoise_task import model_overrides_for
 
     model = create_model(config.model, **model_overrides_for(config))
     _, _, dropout = null_class_and_dropout(model)  # as the loop does: the model's own, unless the recipe sets one
@@ -153,9 +153,9 @@ def heldout_loss(model, n: int = HELDOUT_LOSS_SAMPLES, seed: int = 1234, batch: 
                  timestep_sampling: str = "uniform") -> float:
     """The objective's loss on the first n held-out digits with noise and timesteps fixed by `seed` (same for all
     models)."""
-    from .data.mnist import MNISTDigits
-    from .training.labels import conditioning_kwargs
-    from .training.objectives import make_objective
+    from ...data.mnist import MNISTDigits
+    from ...training.labels import conditioning_kwargs
+    from ...training.objectives import make_objective
 
     data = MNISTDigits("heldout")
     x0, labels = data.images[:n], data.labels[:n]
@@ -177,9 +177,9 @@ def heldout_loss(model, n: int = HELDOUT_LOSS_SAMPLES, seed: int = 1234, batch: 
 
 
 def run_one(name: str, args, output_root: Path, log=print, seed: int = 0) -> Run:
-    from .demo import mnist_scores
-    from .pipelines import ClassConditionalPipeline
-    from .training.loop import train
+    from ..mnist_demo import mnist_scores
+    from ...pipelines import ClassConditionalPipeline
+    from ...training.loop import train
 
     config = build_config(name, args, output_root, seed)
     run = describe_model(config)
@@ -269,7 +269,7 @@ def verdict(runs: list[Run]) -> tuple[bool | None, str]:
 
 
 def machine_text(threads: int) -> str:
-    from .bench import machine_line
+    from .instruments import machine_line
 
     omp = os.environ.get("OMP_NUM_THREADS", "unset")
     return f"{machine_line(threads)}; OMP_NUM_THREADS={omp}"
@@ -305,7 +305,7 @@ guidance 1, which never uses it). For each seed every model sees the same batche
 stops at whatever step the clock allows. Steps, the train loss (mean over the last {LAST_STEPS_FOR_LOSS} steps)
 and img/s (images / summed step time) come from the run's TensorBoard log; the held-out loss is the EMA weights'
 loss under the recipe's objective on the first {HELDOUT_LOSS_SAMPLES} held-out digits with fixed noise and timesteps.
-FID and class accuracy: `convdiff.demo.mnist_scores` on the saved pipeline (EMA weights), {args.fid_samples} samples
+FID and class accuracy: `convdiff.apps.mnist_demo.mnist_scores` on the saved pipeline (EMA weights), {args.fid_samples} samples
 with balanced labels vs {args.fid_samples} held-out digits, and the share the independent digit classifier reads as asked.
 {warn}
 {format_seed_summary(runs)}
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
         print(f"warning: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} but --threads {args.threads}; "
               f"run with OMP_NUM_THREADS={args.threads} for a clean measurement.", file=sys.stderr)
-    from .registry import model_spec
+    from ...registry import model_spec
 
     for name in args.models:
         model_spec(name)  # unknown names fail before any training

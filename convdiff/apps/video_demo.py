@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training.config import load_config
+from ..training.config import load_config
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "video-moving-digits.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "video-moving-digits.yaml"
 
 
 def log(message: str) -> None:
@@ -35,7 +35,7 @@ def log(message: str) -> None:
 
 def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: int, batch_size: int = 8):
     """(N, F, H, W, C) floats in [0, 1], class-balanced labels, batch b seeded with seed + b."""
-    from .models.inputs import class_info
+    from ..models.inputs import class_info
 
     num_classes, _ = class_info(pipeline.transformer.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -51,11 +51,11 @@ def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: 
 
 def video_metrics(videos, extractor) -> dict:
     """Frame FID against 500 held-out MNIST digits and temporal consistency, from one feature extraction."""
-    from .demo import STATS_CACHE
-    from .eval.fid import compute_fid
-    from .eval.frechet import Moments
-    from .eval.image_io import mnist_reference
-    from .eval.video_metrics import consistency_of_features, frame_difference, frame_features
+    from ..eval.fid import compute_fid
+    from ..eval.frechet import Moments
+    from ..eval.image_io import mnist_reference
+    from ..eval.mnist import STATS_CACHE
+    from ..eval.video_metrics import consistency_of_features, frame_difference, frame_features
 
     features = frame_features(videos, extractor)
     STATS_CACHE.mkdir(parents=True, exist_ok=True)
@@ -70,14 +70,14 @@ def video_metrics(videos, extractor) -> dict:
 
 
 def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir: Path, scheduler=None) -> dict:
-    from .data.moving_digits import MovingDigits
-    from .eval.inception import InceptionFeatureExtractor
-    from .models.video import inflate
-    from .pipelines.schedulers import make_scheduler
-    from .pipelines.video import VideoPipeline
-    from .pipelines.video_export import export_to_video
-    from .grids import make_grid
-    from .training.video_task import load_base_transformer
+    from ..data.moving_digits import MovingDigits
+    from ..eval.inception import InceptionFeatureExtractor
+    from ..models.video import inflate
+    from ..pipelines.schedulers import make_scheduler
+    from ..pipelines.video import VideoPipeline
+    from ..pipelines.video_export import export_to_video
+    from ..grids import make_grid
+    from ..training.video_task import load_base_transformer
 
     options = config.task_options
     num_frames = int(options.get("num_frames", 8))
@@ -111,11 +111,11 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
 
 
 def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Path, scheduler=None) -> dict:
-    from .eval.video_metrics import fourd_view_synthesis
-    from .pipelines.schedulers import make_scheduler
-    from .pipelines.video import FourDPipeline
-    from .pipelines.video_export import export_to_video, grid_4d, views_side_by_side
-    from .training.video_task import VideoTask
+    from ..eval.video_metrics import fourd_view_synthesis
+    from ..pipelines.schedulers import make_scheduler
+    from ..pipelines.video import FourDPipeline
+    from ..pipelines.video_export import export_to_video, grid_4d, views_side_by_side
+    from ..training.video_task import VideoTask
 
     pipe = FourDPipeline.from_pretrained(pipeline_dir)
     if scheduler:
@@ -170,7 +170,7 @@ def video_demo_main(argv=None):
     if args.pipeline:
         pipeline_dir = Path(args.pipeline)
     else:
-        from .training.loop import train
+        from ..training.loop import train
 
         pipeline_dir = train(config)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .grids import balanced_labels, grid_labels, make_grid
+from ..grids import balanced_labels, grid_labels, make_grid
 
 
 def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
     """A saved ClassConditionalPipeline folder, or a freshly initialised registry model in pixel space."""
-    from .pipelines import ClassConditionalPipeline
+    from ..pipelines import ClassConditionalPipeline
 
     if pipeline_dir:
         if not (Path(pipeline_dir) / "model_index.json").is_file():
@@ -26,7 +26,7 @@ def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
         return ClassConditionalPipeline.from_pretrained(pipeline_dir)
     from diffusers import DDPMScheduler
 
-    from .registry import create_model
+    from ..registry import create_model
 
     net = create_model(model, **(model_overrides or {})).eval()
     learned = net.config.out_channels == 2 * net.config.in_channels
@@ -72,8 +72,8 @@ def sample_main(argv=None):
     parser.add_argument("--batch-size", type=int, default=50, help="samples per forward pass (default: 50)")
     args = parser.parse_args(argv)
 
-    from .pipelines.schedulers import make_scheduler
-    from .training.labels import null_class_and_dropout
+    from ..pipelines.schedulers import make_scheduler
+    from ..training.labels import null_class_and_dropout
 
     try:
         overrides = json.loads(args.model_overrides)
@@ -87,7 +87,7 @@ def sample_main(argv=None):
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npz":
-        from .eval.image_io import save_adm_npz
+        from ..eval.image_io import save_adm_npz
 
         labels = balanced_labels(args.num_samples, num_classes)
         images = generate(pipeline, args.num_samples, args.seed, args.batch_size, labels, **call)

@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .training.config import load_config
+from ..training.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "configs" / "controlnet-dic-mnist.yaml"
 SHIPPED = ROOT / "pipelines" / "controlnet-dic-mnist"
 
 
 def adherence(samples: torch.Tensor, conditions: torch.Tensor, detector: str = "canny") -> dict:
     """Mean edge agreement between samples in [0, 1] (N, C, H, W) and binary edge conditions (N, 1, H, W)."""
-    from .data.edges import edge_iou, edge_map
+    from ..data.edges import edge_iou, edge_map
 
     edges = edge_map(samples, detector)
     return {
@@ -39,9 +39,9 @@ def adherence(samples: torch.Tensor, conditions: torch.Tensor, detector: str = "
 def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str | None = None, seed: int = 0,
              batch_size: int = 100):
     """(metrics per arm, conditions, controlled, uncontrolled) on the first `num_digits` held-out digits."""
-    from .data.edges import canny_edges
-    from .data.mnist import mnist_digits
-    from .pipelines.schedulers import make_scheduler
+    from ..data.edges import canny_edges
+    from ..data.mnist import mnist_digits
+    from ..pipelines.schedulers import make_scheduler
 
     images, labels = mnist_digits("heldout")  # round-robin over classes: any prefix is balanced
     if not 1 <= num_digits <= len(images) - 10:
@@ -71,7 +71,7 @@ def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str | 
 
 def comparison_grid(conditions, controlled, uncontrolled, count: int = 10, per_row: int = 2, zoom: int = 3) -> Image.Image:
     """Rows of (condition | controlled | uncontrolled) triples, `per_row` triples side by side, upscaled."""
-    from .grids import make_grid
+    from ..grids import make_grid
 
     triples = torch.stack([conditions[:count], controlled[:count], uncontrolled[:count]], dim=1)
     tiles = triples.reshape(-1, *conditions.shape[1:]).permute(0, 2, 3, 1).numpy()
@@ -101,14 +101,14 @@ def controlnet_demo_main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from .models.controlnet import ControlNet
-    from .pipelines import ClassConditionalPipeline, ControlNetPipeline
+    from ..models.controlnet import ControlNet
+    from ..pipelines import ClassConditionalPipeline, ControlNetPipeline
 
     config = load_config(args.config, args.overrides)
     if args.controlnet:
         controlnet_dir = Path(args.controlnet)
     else:
-        from .training.loop import train
+        from ..training.loop import train
 
         started = time.perf_counter()
         controlnet_dir = train(config) / "controlnet"

@@ -1,0 +1,15 @@
+"""Every benchmark of convdiff, one module each; `scripts/benchmark*.py` are thin entry points to their `main()`.
+
+- `instruments.py`: what they all measure with: FLOP counts (`count`, `count_flops`, `analytic_macs`), the
+  machine (`machine_line`), the matmul peak (`measure_matmul_peak`), other processes' CPU use (`CpuMeter`)
+- `forward.py`: inference throughput, counted FLOPs and share of the matmul peak (`convdiff bench`,
+  `scripts/benchmark.py`)
+- `training.py`: quality per compute on MNIST (`scripts/benchmark_training.py`)
+- `train_speed.py`: training-step img/s, NCHW vs channels-last vs compiled (`scripts/benchmark_train_speed.py`)
+- `attention.py`: DiffiT vs DiT and the attention backends (`scripts/benchmark_attention.py`)
+- `layered.py`: the layered U-Net against a single-resolution U-Net (`scripts/benchmark_layered.py`)
+- `convfusion.py`: self-attention vs linear attention vs ΔConvBlock on SD1.5's layers (`scripts/benchmark_convfusion.py`)
+- `spatiotemporal.py`: view-time mixing designs on V x T grids (`scripts/benchmark_spatiotemporal.py`)
+
+Each prints markdown tables and appends them, with command, machine and date, to docs/benchmarks.md.
+"""
