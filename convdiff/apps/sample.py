@@ -61,8 +61,9 @@ def sample_main(argv=None):
     parser.add_argument("--output", required=True, help="a .png for a class grid, or a .npz for N samples (ADM format)")
     parser.add_argument("--num-samples", type=int, default=100, help="samples in the .npz (default: 100)")
     parser.add_argument("--labels", help="comma-separated class ids for the grid (default: 10x10 class grid)")
-    parser.add_argument("--scheduler", default="ddim",
-                        help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc (flow models: euler, heun); default: ddim")
+    parser.add_argument("--scheduler", default=None,
+                        help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc (flow models: euler, heun); "
+                             "default: the pipeline's own (a --model gets DDPM)")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps, >= 1 (default: 50)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance scale, active when > 1 (default: 1, no guidance)")
@@ -70,6 +71,8 @@ def sample_main(argv=None):
                         help="guide only the first N latent channels (3 = official DiT/DiC/DiCo rule; default: all)")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from seed + i (default: 0)")
     parser.add_argument("--batch-size", type=int, default=50, help="samples per forward pass (default: 50)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser first (a one-off compile, then one graph for every step)")
     args = parser.parse_args(argv)
 
     from ..pipelines.schedulers import make_scheduler
@@ -80,7 +83,11 @@ def sample_main(argv=None):
     except json.JSONDecodeError as error:
         parser.error(f"--model-overrides must be a JSON object, got {args.model_overrides!r} ({error})")
     pipeline = load_pipeline(args.pipeline, args.model, overrides)
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler)
+    if args.compile:
+        pipeline.transformer.compile()  # in place, as diffusers' ModelMixin.compile(); tests/test_compile.py
+    if args.scheduler is not None:
+        pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler)
+    args.scheduler = args.scheduler or type(pipeline.scheduler).__name__  # for the report below
     num_classes, _, _ = null_class_and_dropout(pipeline.transformer)
     call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                 guidance_channels=args.guidance_channels)
