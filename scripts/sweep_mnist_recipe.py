@@ -12,8 +12,6 @@ import shlex
 import time
 from pathlib import Path
 
-from diffusers import FlowMatchEulerDiscreteScheduler
-
 from convdiff.apps.mnist_demo import DEFAULT_RECIPE, mnist_samples, mnist_scores
 from convdiff.pipelines import ClassConditionalPipeline
 from convdiff.training.config import load_config
@@ -39,8 +37,6 @@ def main():
         train_seconds = time.perf_counter() - tick
         for spec in args.samplers:
             scheduler, steps, guidance = spec.split(":")
-            if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and scheduler == "ddim":
-                scheduler = "euler"  # the flow family's deterministic first-order sampler
             tick = time.perf_counter()
             samples = mnist_samples(pipe, args.fid_samples, int(steps), scheduler, float(guidance), progress=False)
             sample_seconds = time.perf_counter() - tick

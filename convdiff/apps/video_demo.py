@@ -53,15 +53,13 @@ def video_metrics(videos, extractor) -> dict:
     """Frame FID against 500 held-out MNIST digits and temporal consistency, from one feature extraction."""
     from ..eval.fid import compute_fid
     from ..eval.frechet import Moments
-    from ..eval.image_io import mnist_reference
-    from ..eval.mnist import STATS_CACHE
+    from ..eval.mnist import heldout_reference
     from ..eval.video_metrics import consistency_of_features, frame_difference, frame_features
 
     features = frame_features(videos, extractor)
-    STATS_CACHE.mkdir(parents=True, exist_ok=True)
+    reference, save_stats = heldout_reference(500, extractor)  # the same reference as `convdiff mnist-demo`
     fid = compute_fid(Moments.from_features(features.reshape(-1, features.shape[-1]).double().numpy()),
-                      mnist_reference("heldout", n=500), extractor=extractor, progress=False,
-                      save_stats_b=STATS_CACHE / "mnist-heldout-500.npz",  # shared with `convdiff mnist-demo`
+                      reference, extractor=extractor, progress=False, save_stats_b=save_stats,
                       protocol_extra={"frames": f"{videos.shape[0]}x{videos.shape[1]}"})
     consistency = consistency_of_features(features)
     return {"frame_fid": fid.fid, "temporal_consistency": consistency["adjacent"],

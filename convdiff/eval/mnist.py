@@ -55,6 +55,16 @@ def shipped_reference_moments(n: int, extractor) -> Moments | None:
         return Moments.from_features(data["features"][:n])
 
 
+def heldout_reference(n: int, extractor):
+    """(FID reference side, statistics cache path or None) for the first n held-out digits: the shipped features
+    when they stand in for this extractor, else the digits themselves, with their statistics cached."""
+    reference = shipped_reference_moments(n, extractor)
+    if reference is not None:
+        return reference, None
+    STATS_CACHE.mkdir(parents=True, exist_ok=True)
+    return mnist_reference("heldout", n=n), STATS_CACHE / f"mnist-heldout-{n}.npz"
+
+
 def score_mnist_samples(samples, labels, extractor=None, progress: bool = True, **protocol) -> MNISTScores:
     """FID and class accuracy of uint8 samples (N, 28, 28, 1) drawn for `labels` (balanced: i mod 10).
 
@@ -63,11 +73,7 @@ def score_mnist_samples(samples, labels, extractor=None, progress: bool = True, 
     if n < 2:
         raise ValueError(f"FID needs at least 2 samples, got {n}.")
     extractor = extractor or InceptionFeatureExtractor()
-    reference = shipped_reference_moments(n, extractor)
-    save_stats = None
-    if reference is None:
-        STATS_CACHE.mkdir(parents=True, exist_ok=True)
-        reference, save_stats = mnist_reference("heldout", n=n), STATS_CACHE / f"mnist-heldout-{n}.npz"
+    reference, save_stats = heldout_reference(n, extractor)
     extra = {"labels": "balanced", "reference": "mnist-heldout" + ("(shipped features)" if save_stats is None else ""),
              **protocol.pop("protocol_extra", {})}
     if n <= FEATURE_DIM:

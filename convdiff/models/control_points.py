@@ -73,7 +73,7 @@ def controlled_forward(model, hidden_states, timestep, class_labels, force_drop_
 def stage_control_encode(model, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
     """`control_encode` of a stage-conditioned hourglass: the input checks and conditions, then `_encode`."""
     conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
-    return model._encode(hidden_states, conds, stem_residual)
+    return model._encode(to_channels_last(hidden_states), conds, stem_residual)  # as the backbone's own forward
 
 
 def check_in_flight_residuals(down_residuals, mid_residual, shape, count: int, model_name: str):
