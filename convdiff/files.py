@@ -7,7 +7,8 @@ objects (and could run code from the file), is refused.
 Writing: a folder (a checkpoint, a pipeline, a converted model) is written into a hidden `.<name>.partial` sibling,
 every file in it is fsynced, and only then is it renamed into place; the folder it replaces is removed last.
 A write that fails (disk full, no permission) removes its partial folder and raises one `OSError` that
-names the target and the cause, so the previous folder stays exactly as it was.
+names the target and the cause, so the previous folder stays exactly as it was. A single file (a latent shard,
+an index) is written the same way through a hidden `.<name>.partial` file (`replace_file`).
 """
 
 import errno
@@ -139,6 +140,28 @@ def replace_folder(target, write, check=None) -> Path:
             raise write_failure(target, error, f"{target} is unchanged.") from error
         raise
     swap_into_place(partial, target)
+    return target
+
+
+def replace_file(target, write) -> Path:
+    """Run `write(partial_file)`, fsync it, then rename it over `target`: a killed write leaves only the partial.
+
+    A failed write removes the partial file and raises `write_failure`; `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(target)
+    try:
+        write(partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if is_write_failure(error) and not isinstance(error, (FileExistsError, FileNotFoundError)):
+            raise write_failure(target, error, f"{target} is unchanged.") from error
+        raise
+    os.replace(partial, target)
+    fsync_dir(target.parent)
     return target
 
 

@@ -1,4 +1,7 @@
-"""Pre-extracted VAE latents (fast-DiT / DiCo style) and the command that makes them.
+"""Pre-extracted VAE latents (fast-DiT / DiCo style) in one file, for small sets and demos.
+
+Sets too large for memory go into a shard folder instead (latent_shards.py, `convdiff extract-latents
+--output <folder>`).
 
 File layout (`.npz` or `.safetensors`): `latents` float (N, 2, C, H, W) -- the image and its horizontal
 flip, already multiplied by the VAE scaling factor -- or (N, C, H, W) without flips; `labels` int (N,).
@@ -51,19 +54,22 @@ class LatentDataset(torch.utils.data.Dataset):
         return self.latents[index], self.labels[index]
 
 
+def encode_views(vae, images, flip: bool, generator):
+    """Scaled latent samples of a batch, (B, 2, C, h, w) with each image's horizontal flip or (B, C, h, w) without."""
+    views = [images, images.flip(-1)] if flip else [images]
+    encoded = [vae.encode(v).latent_dist.sample(generator=generator) * vae.config.scaling_factor for v in views]
+    return torch.stack(encoded, dim=1) if flip else encoded[0]
+
+
 @torch.no_grad()
 def extract_latents(dataset, vae, output, batch_size: int = 32, flip: bool = True, seed: int = 0, device="cpu"):
     """Encode every image of `dataset` (and its flip) with an AutoencoderKL; write `output` atomically."""
     output = Path(output)
     generator = torch.Generator(device=device).manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    scaling = vae.config.scaling_factor
     all_latents, all_labels = [], []
     for images, labels in loader:
-        images = images.to(device, vae.dtype)
-        views = [images, images.flip(-1)] if flip else [images]
-        encoded = [vae.encode(v).latent_dist.sample(generator=generator) * scaling for v in views]
-        all_latents.append(torch.stack(encoded, dim=1) if flip else encoded[0])
+        all_latents.append(encode_views(vae, images.to(device, vae.dtype), flip, generator))
         all_labels.append(labels)
     latents = torch.cat(all_latents).float().cpu().numpy()
     labels = torch.cat(all_labels).cpu().numpy()

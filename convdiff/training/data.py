@@ -1,6 +1,9 @@
-"""Build the training data set named by a recipe: embedded MNIST digits, an image folder, or VAE latents."""
+"""Build the training data set named by a recipe: embedded MNIST digits, an image folder, or VAE latents
+(one .npz / .safetensors file loaded into memory, or a shard folder read lazily from disk)."""
 
-from ..data import ImageFolderDataset, LatentDataset, MNISTDigits
+from pathlib import Path
+
+from ..data import ImageFolderDataset, LatentDataset, LatentShardDataset, MNISTDigits
 
 DATA_KINDS = ("mnist", "image_folder", "latents")
 
@@ -16,5 +19,5 @@ def build_dataset(config):
         channels = config.model_overrides.get("in_channels", 3)
         return ImageFolderDataset(config.data_path, config.resolution, channels=channels)
     if config.data == "latents":
-        return LatentDataset(config.data_path)
+        return LatentShardDataset(config.data_path) if Path(config.data_path).is_dir() else LatentDataset(config.data_path)
     raise ValueError(f"Unknown data {config.data!r}; choose one of {', '.join(DATA_KINDS)}.")
