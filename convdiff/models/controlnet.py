@@ -29,6 +29,7 @@ from torch import nn
 
 from .class_paths import class_path, import_class
 from .memory_format import restore_channels_last
+from .video_control import condition_frames
 
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
 
@@ -83,8 +84,11 @@ def backbone_path(model) -> str:
 
 
 def plain_config(config) -> dict:
-    """A backbone config as JSON would give it back: private keys dropped, tuples as lists."""
+    """A backbone config as JSON would give it back: private keys dropped, tuples as lists (also inside the
+    nested configs of an inflated model)."""
     def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
     return {k: plain(v) for k, v in dict(config).items() if not k.startswith("_")}
 
@@ -177,13 +181,19 @@ class ControlNet(ModelMixin, ConfigMixin):
                              "vs model); build one with ControlNet.from_backbone(model) for this model.")
 
     def check_condition(self, sample: torch.Tensor, condition: torch.Tensor) -> None:
+        """One conditioning image per sample (B, C, H, W); for a video / 4D sample also one per frame
+        (B, C, F, H, W) / per view-time cell (B, C, V, T, H, W) (video_control.py)."""
         sample = top_scale(sample)
         channels = self.config.conditioning_channels
         down = self.config.conditioning_downscale
-        expected = (sample.shape[0], channels, sample.shape[2] * down, sample.shape[3] * down)
-        if not torch.is_tensor(condition) or condition.ndim != 4 or tuple(condition.shape) != expected:
+        grid = tuple(sample.shape[2:-2])
+        height, width = sample.shape[-2] * down, sample.shape[-1] * down
+        shared = (sample.shape[0], channels, height, width)
+        allowed = [shared] + ([(sample.shape[0], channels, *grid, height, width)] if grid else [])
+        if not torch.is_tensor(condition) or tuple(condition.shape) not in allowed:
             shape = tuple(condition.shape) if torch.is_tensor(condition) else type(condition).__name__
-            raise ValueError(f"controlnet_cond must be a (batch, {channels}, {expected[2]}, {expected[3]}) tensor in [0, 1] "
+            per_frame = f" (one for all frames) or a {allowed[1]} tensor (one per frame)" if grid else ""
+            raise ValueError(f"controlnet_cond must be a (batch, {channels}, {height}, {width}) tensor in [0, 1]{per_frame} "
                              f"for this sample (conditioning_channels={channels}, conditioning_downscale={down}); "
                              f"got {shape}.")
 
@@ -201,7 +211,8 @@ class ControlNet(ModelMixin, ConfigMixin):
         Extra keywords (e.g. `encoder_hidden_states` for text-conditional backbones) go to the backbone copy.
         """
         self.check_condition(sample, controlnet_cond)
-        stem_residual = self.controlnet_cond_embedding(controlnet_cond.to(self.dtype)).to(top_scale(sample).dtype)
+        condition = condition_frames(top_scale(sample), controlnet_cond)  # one row per frame of a video sample
+        stem_residual = self.controlnet_cond_embedding(condition.to(self.dtype)).to(top_scale(sample).dtype)
         skips, middle = self.backbone.control_encode(sample, timestep, class_labels=class_labels,
                                                      force_drop_ids=force_drop_ids, stem_residual=stem_residual,
                                                      **conditioning)

@@ -25,7 +25,6 @@ from torch import nn
 from ..nn.linear_attention import NormalizedLinearAttention
 from ..nn.pyramid_conv import DeltaConvBlock
 from ..nn.tmsa import TimeDependentSelfAttention
-from .diffit import DiffiTBlock
 
 STUDENTS = ("deltaconv", "linear")
 # Per-stage kernel sizes of the released ΔConvFusion code (arXiv 2504.21292): lists run over the down / up
@@ -80,10 +79,15 @@ def is_self_attention(module) -> bool:
 
 
 def attention_attribute(block) -> str | None:
-    """The name under which a transformer block holds its self-attention: `attn1` (diffusers), `attn` (DiffiT)."""
-    name = "attn" if isinstance(block, DiffiTBlock) else "attn1"
-    module = getattr(block, name, None)
-    return name if is_self_attention(module) or isinstance(module, STUDENT_TYPES) else None
+    """The name under which a transformer block holds its self-attention: `attn1` (diffusers), `attn` (DiffiT's
+    TMSA). Direct children only: a wrapper that forwards attribute reads to its block (an inflated video block)
+    is not a second site."""
+    attn1, attn = block._modules.get("attn1"), block._modules.get("attn")
+    if is_self_attention(attn1) or isinstance(attn1, STUDENT_TYPES):
+        return "attn1"
+    if isinstance(attn, (TimeDependentSelfAttention, *STUDENT_TYPES)):
+        return "attn"
+    return None
 
 
 def self_attention_sites(model: nn.Module):
@@ -162,6 +166,12 @@ def convert_self_attention(model: nn.Module, kernel_sizes=None, student: str = "
     """
     if student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}.")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get") and config.get("base_class") and config.get("base_config") is not None:
+        # an inflated video / 4D model rebuilds its 2D backbone from base_config, which would not know the swap
+        raise ValueError(f"{type(model).__name__} is an inflated model: convert its 2D model first, then inflate it "
+                         "(convert_self_attention(image_model); inflate(image_model, ...)), so that the inflated model "
+                         "records the conversion in its base config and reloads with the students.")
     sites = [(n, b) for n, b in self_attention_sites(model) if is_self_attention(getattr(b, attention_attribute(b)))]
     if not sites:
         converted = any(isinstance(m, STUDENT_TYPES) for m in model.modules())
@@ -194,6 +204,14 @@ def convert_self_attention(model: nn.Module, kernel_sizes=None, student: str = "
         model.register_to_config(convfusion={"student": student, "kernel_sizes": kernel_sizes,
                                              "scales": [float(s) for s in scales], "gate": gate})
     return model
+
+
+def convert_as_configured(model: nn.Module, convfusion: dict | None) -> None:
+    """Redo the conversion a model's config records (its `convfusion` entry), inside its `__init__`, so that
+    anything rebuilding the model from its config (from_pretrained, inflation, a ControlNet copy) gets the
+    students. Nothing is frozen: what trains is the training task's choice."""
+    if convfusion:
+        convert_self_attention(model, **{**convfusion, "freeze": False})
 
 
 def conversion_of(model: nn.Module) -> dict | None:

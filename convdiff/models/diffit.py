@@ -30,6 +30,7 @@ from ..nn.tmsa import TimeDependentSelfAttention
 from ..nn.window import check_window, repeat_per_window, window_merge, window_partition
 from .checkpointing import run_block
 from .control_points import ControlPoints, check_in_flight_residuals
+from .convfusion import convert_as_configured
 from .inputs import (broadcast_timesteps, check_class_labels, check_sample,
                      resolve_out_channels)
 
@@ -145,6 +146,7 @@ class DiffiTModel(ModelMixin, ConfigMixin):
         num_classes: int = 1000,
         class_dropout_prob: float = 0.1,
         prediction_type: str = "epsilon",
+        convfusion: dict | None = None,
     ):
         super().__init__()
         check_prediction_type(prediction_type, learn_sigma)
@@ -169,6 +171,7 @@ class DiffiTModel(ModelMixin, ConfigMixin):
         init_like_official(self)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d_position_embedding(hidden_size, self.grid_size)[None])
+        convert_as_configured(self, convfusion)  # a ΔConvFusion student rebuilt from its config (convfusion.py)
 
     # ---- forward, in three readable stages: embed -> blocks -> head -------------------------------------
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,

@@ -24,6 +24,7 @@ from ..nn.embeddings import LabelEmbedding, TimestepEmbedding
 from ..nn.norms import group_norm
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
+from .convfusion import convert_as_configured
 from .diffit import DiffiTBlock, run_in_windows, time_token
 from .inputs import resolve_out_channels
 
@@ -90,6 +91,7 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         num_classes: int = 0,
         class_dropout_prob: float = 0.1,
         prediction_type: str = "epsilon",
+        convfusion: dict | None = None,
     ):
         super().__init__()
         check_prediction_type(prediction_type, learn_sigma)
@@ -138,6 +140,7 @@ class DiffiTUNetModel(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_conv.weight)  # a fresh model predicts 0
         nn.init.zeros_(self.out_conv.bias)
         self.gradient_checkpointing = False
+        convert_as_configured(self, convfusion)  # a ΔConvFusion student rebuilt from its config (convfusion.py)
 
     # ---- forward, in three stages: condition -> encoder + middle (skips) -> decoder -----------------------
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,

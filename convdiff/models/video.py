@@ -49,6 +49,7 @@ from .inflation import (  # noqa: F401
 )
 from .inputs import broadcast_timesteps
 from .memory_format import restore_channels_last
+from .video_control import InflatedControlMixin
 
 # Config entries of the 2D model that the inflated model repeats, so training / pipeline helpers read them as usual.
 MIRRORED_CONFIG = ("sample_size", "in_channels", "out_channels", "learn_sigma", "num_classes", "class_dropout_prob",
@@ -66,7 +67,7 @@ class InflatedModelOutput(BaseOutput):
 
 # --- the inflated models ------------------------------------------------------------------------------------------
 
-class _InflatedModel(ModelMixin, ConfigMixin):
+class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     def _build(self, base_class: str, base_config: dict | None, options: InflationOptions, plan: dict | None,
@@ -199,8 +200,11 @@ class _InflatedModel(ModelMixin, ConfigMixin):
             return (outputs[0],) if scales is None else (outputs[0], scales)
         return InflatedModelOutput(sample=outputs[0], scales=scales)
 
-    def _run(self, grid_inputs: list, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs):
-        """(B, C, V, T, H, W) grids (one per scale) -> the backbone's per-frame predictions as grids."""
+    def _run(self, grid_inputs: list, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs,
+             call=None):
+        """(B, C, V, T, H, W) grids (one per scale) -> the backbone's per-frame predictions as grids.
+        `call` replaces `call_backbone` (video_control.py: a ControlNet copy's encoder) and its per-frame
+        output is returned as it is."""
         batch, channels, views, frames = grid_inputs[0].shape[:4]
         grid = Grid(batch, views, frames)
         self._check_grid(grid)
@@ -237,9 +241,11 @@ class _InflatedModel(ModelMixin, ConfigMixin):
                 sync_condition=self.sync_embedding(frame_timesteps) if self.two_stream else None,
                 frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
                 frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams)):
-            outputs = call_backbone(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
-                                    frame_timesteps.repeat(streams), per_frame(labels), per_frame(force_drop_ids),
-                                    **extra)
+            outputs = (call or call_backbone)(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
+                                              frame_timesteps.repeat(streams), per_frame(labels),
+                                              per_frame(force_drop_ids), **extra)
+        if call is not None:
+            return outputs
         if self.two_stream:  # average the view stream's and the time stream's predictions
             outputs = [out.unflatten(0, (2, -1)).mean(0) for out in outputs]
         return [frames_to_grid(out, grid) for out in outputs]

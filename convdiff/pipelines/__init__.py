@@ -21,3 +21,7 @@ from .video import FourDPipeline, VideoPipeline  # noqa: E402
 from .video_export import export_to_video, grid_4d  # noqa: E402
 
 __all__ += ["FourDPipeline", "VideoPipeline", "export_to_video", "grid_4d"]
+
+from .video_controlnet import FourDControlNetPipeline, VideoControlNetPipeline  # noqa: E402
+
+__all__ += ["FourDControlNetPipeline", "VideoControlNetPipeline"]

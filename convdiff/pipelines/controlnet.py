@@ -127,6 +127,19 @@ class ControlMixin:
     def sample_size(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def prepare_condition(self, image, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
+        """One ControlNet's conditioning input as a checked tensor (the video pipelines also take one per frame)."""
+        return prepare_condition_image(image, batch, channels, height, width)
+
+    def control_conditioning(self, kwargs: dict) -> dict:
+        """The denoiser's keyword inputs the ControlNet copy sees too."""
+        return {k: kwargs[k] for k in self.batched_kwargs if kwargs.get(k) is not None}
+
+    @staticmethod
+    def pad_unconditional(residual: torch.Tensor) -> torch.Tensor:
+        """Guess mode: the conditional half's residual, then zeros for the unconditional half."""
+        return torch.cat([residual, torch.zeros_like(residual)])
+
     def condition_size(self, controlnet) -> tuple[int, int]:
         height, width = self.sample_size()
         down = controlnet.config.conditioning_downscale
@@ -149,7 +162,7 @@ class ControlMixin:
             if im is None:
                 raise ValueError("Pass the conditioning image(s) as `image=`.")
             height, width = self.condition_size(net)
-            prepared.append(prepare_condition_image(im, batch, net.config.conditioning_channels, height, width)
+            prepared.append(self.prepare_condition(im, batch, net.config.conditioning_channels, height, width)
                             .to(device=device, dtype=net.dtype))
         return {"images": prepared, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
                 "batch": batch, "step": 0}
@@ -164,7 +177,7 @@ class ControlMixin:
         guided = top_scale(sample).shape[0] == 2 * batch  # [conditional, unconditional] halves, as both pipelines batch
         only_cond = guided and control["guess_mode"]
         x, t = (_take(sample, batch), _take(timestep, batch)) if only_cond else (sample, timestep)
-        conditioning = {k: kwargs[k] for k in self.batched_kwargs if kwargs.get(k) is not None}
+        conditioning = self.control_conditioning(kwargs)
         if only_cond:
             conditioning = {k: _take(v, batch) for k, v in conditioning.items()}
         down, mid = None, None
@@ -180,8 +193,8 @@ class ControlMixin:
         if down is None:
             return args, kwargs
         if only_cond:  # the unconditional half gets no control
-            down = tuple(torch.cat([r, torch.zeros_like(r)]) for r in down)
-            mid = torch.cat([mid, torch.zeros_like(mid)])
+            down = tuple(self.pad_unconditional(r) for r in down)
+            mid = self.pad_unconditional(mid)
         return args, {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
     def call_with_control(self, sample, batch, image, scale, start, end, guess_mode):

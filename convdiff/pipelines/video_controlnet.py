@@ -1,0 +1,132 @@
+"""Controlled video and 4D sampling: `VideoPipeline` / `FourDPipeline` plus a `controlnet` component.
+
+The ControlNet pipelines' design (controlnet.py) over the frames pipelines: no sampling step is copied, a forward
+pre-hook on the inflated denoiser runs the ControlNet(s), built with `ControlNet.from_backbone(video_model)`, on
+exactly the denoiser's input and keywords (CFG batch, timestamps, cameras) and adds their per-frame residuals
+(docs/controlnet.md, "Controlled video"). Per call, `image` is the condition:
+- shared by every frame: anything `ControlNetPipeline` takes (PIL, numpy, (C, H, W) / (N, C, H, W) tensors);
+- one per frame: a (N, C, F, H, W) tensor (video) or one per view-time cell, (N, C, V, T, H, W) (4D), in [0, 1];
+  it also sets `num_frames` (and `num_views`) when they are not given.
+N is the batch or 1 (one for all samples). Sampling by overlapping windows (`window_frames`) is refused: the
+ControlNet sees the whole clip in one pass.
+"""
+
+import inspect
+
+import torch
+# Bound here so model_index.json entries pointing at this module resolve their loading methods.
+from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+
+from .controlnet import ControlMixin, prepare_condition_image
+from .video import FourDPipeline, VideoPipeline
+
+RESIDUAL_KEYS = ("down_block_additional_residuals", "mid_block_additional_residual", "return_dict")
+
+
+class FramesControlMixin(ControlMixin):
+    """`ControlMixin` for the frames pipelines: conditions per frame, every denoiser keyword for the copy,
+    guess-mode padding per stream, one pass over all frames."""
+
+    grid_arguments = ("num_frames",)  # the call's arguments that size the grid axes of a per-frame condition
+    model_cpu_offload_seq = "text_encoder->controlnet->transformer->vae"
+
+    def __init_subclass__(cls, **kwargs):
+        """diffusers reads a pipeline's components and options from its __init__ signature: each subclass gets
+        its base pipeline's signature plus `controlnet`, so whatever the base takes (vae, labels, ...) carries over."""
+        super().__init_subclass__(**kwargs)
+        base = next(c for c in cls.__mro__[1:] if not issubclass(c, ControlMixin))
+        self_, transformer, *rest = inspect.signature(base.__init__).parameters.values()
+        controlnet = inspect.Parameter("controlnet", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+        def __init__(self, transformer, controlnet, scheduler, **components):
+            controlnet = self.as_controlnet(controlnet, transformer)
+            base.__init__(self, transformer=transformer, scheduler=scheduler, **components)
+            self.register_modules(controlnet=controlnet)
+
+        __init__.__signature__ = inspect.Signature([self_, transformer, controlnet, *rest])
+        cls.__init__ = __init__
+
+    @classmethod
+    def from_base(cls, base, controlnet):
+        """Put ControlNet(s) on a loaded video / 4D pipeline: its components and options, plus the ControlNet(s)."""
+        names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "controlnet")]
+        values = {**dict(base.config), **base.components}
+        return cls(controlnet=controlnet, **{n: values[n] for n in names if n in values})
+
+    @torch.no_grad()
+    def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
+                 control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
+                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float = 1.0, **kwargs):
+        r"""Generate clips that follow the condition(s); the control arguments are `ControlNetPipeline.__call__`'s,
+        the rest the base pipeline's. Checks the call, sizes the grid from a per-frame condition, then samples
+        with the control hook."""
+        _, batch = self.check_call(class_labels, batch_size, guidance_scale, kwargs.get("output_type", "pil"),
+                                   kwargs.get("generator"), kwargs.get("num_inference_steps", 50))
+        axes = len(self.grid_arguments)
+        per_frame = [im for im in (image if isinstance(image, (list, tuple)) else [image])
+                     if torch.is_tensor(im) and im.ndim == 4 + axes]
+        if per_frame:
+            for name, size in zip(self.grid_arguments, per_frame[0].shape[2 : 2 + axes]):
+                if kwargs.get(name) is None:
+                    kwargs[name] = int(size)
+        self._control_size = self.image_size(kwargs.get("height"), kwargs.get("width"))
+        base_call = super().__call__
+        return self.call_with_control(
+            lambda: base_call(class_labels=class_labels, batch_size=batch_size, guidance_scale=guidance_scale, **kwargs),
+            batch, image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode)
+
+    def sample_size(self) -> tuple[int, int]:
+        return self._control_size
+
+    def prepare_condition(self, image, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
+        axes = len(self.grid_arguments)
+        if not (torch.is_tensor(image) and image.ndim == 4 + axes):
+            return super().prepare_condition(image, batch, channels, height, width)
+        count, grid = image.shape[0], tuple(image.shape[2 : 2 + axes])
+        frames = image.movedim(1, 1 + axes).flatten(0, axes)  # (N*F, C, H, W): checked and resized as images
+        frames = prepare_condition_image(frames, frames.shape[0], channels, height, width)
+        frames = frames.unflatten(0, (count, *grid)).movedim(1 + axes, 1)
+        if count == 1 and batch > 1:
+            frames = frames.expand(batch, *frames.shape[1:])
+        if frames.shape[0] != batch:
+            raise ValueError(f"Got per-frame conditions for {count} samples but the batch has {batch}; give one set "
+                             "per sample or one for all.")
+        return frames
+
+    def control_conditioning(self, kwargs: dict) -> dict:
+        """Everything the inflated denoiser gets (class labels, timestamps, cameras, ...) but the residuals."""
+        return {k: v for k, v in kwargs.items() if v is not None and k not in RESIDUAL_KEYS}
+
+    def pad_unconditional(self, residual: torch.Tensor) -> torch.Tensor:
+        """Zeros for the unconditional half in each stream (rows: stream, batch, view, time)."""
+        streams = 2 if getattr(self.transformer, "two_stream", False) else 1
+        rows = residual.unflatten(0, (streams, -1))
+        return torch.cat([rows, torch.zeros_like(rows)], dim=1).flatten(0, 1)
+
+    def predict(self, latents, t, state):
+        if state.window is not None:
+            raise ValueError(f"A ControlNet sees the whole clip in one pass, but this call samples by windows of "
+                             f"{state.window} frames: sample at most the model's max_frames "
+                             f"({self.max_frames()}) frames and leave window_frames unset.")
+        return super().predict(latents, t, state)
+
+
+class VideoControlNetPipeline(FramesControlMixin, VideoPipeline):
+    r"""Video sampling (`VideoPipeline`) with ControlNet control.
+
+    Args:
+        transformer: the frozen inflated video model.
+        controlnet: a `ControlNet` built from it (`ControlNet.from_backbone(video_model)`), a list of them or a
+            `MultiControlNet`.
+        scheduler, vae, id2label: as in `VideoPipeline`.
+
+    Call it as `VideoPipeline` plus `image` (shared by all frames or one per frame, see the module docstring)
+    and `ControlNetPipeline.__call__`'s control arguments.
+    """
+
+
+class FourDControlNetPipeline(FramesControlMixin, FourDPipeline):
+    r"""4D sampling (`FourDPipeline`) with ControlNet control; `image` is shared by every view-time cell or one per
+    cell, (N, C, V, T, H, W). Arguments as in `VideoControlNetPipeline`."""
+
+    grid_arguments = ("num_views", "num_frames")

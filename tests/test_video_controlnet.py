@@ -1,0 +1,175 @@
+"""ControlNet on inflated video / 4D models: identity at init, shared and per-frame conditions, pipelines."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+from convdiff.models.controlnet import ControlNet
+from convdiff.models.video import inflate
+from convdiff.pipelines import FourDControlNetPipeline, FourDPipeline, VideoControlNetPipeline, VideoPipeline
+from convdiff.registry import create_model
+
+from conftest import randomize_
+
+TINY = {"dic-tiny": dict(hidden_size=8, depth=[1, 1, 1, 1, 1]), "diffit-tiny": dict(depth=3, window_size=4)}
+DESIGNS = [("video", {}), ("4d", dict(view="attention")), ("4d", dict(view="two-stream")), ("4d", dict(view="fused"))]
+DESIGN_IDS = ["video", "4d-attention", "4d-two-stream", "4d-fused"]
+
+
+def image_model(name="dic-tiny", size=8, **more):
+    return randomize_(create_model(name, in_channels=3, sample_size=size, **TINY[name], **more)).eval()
+
+
+def inflated(to, design, name="dic-tiny", size=8, **more):
+    return randomize_(inflate(image_model(name, size), to=to, temporal=("p3d", "attention"), **design, **more),
+                      seed=1).eval()
+
+
+def grid_of(to):
+    return (3,) if to == "video" else (2, 3)
+
+
+def run(model, controlnet, x, t, y, condition, conditioning_scale=1.0, **kwargs):
+    down, mid = controlnet(x, t, condition, conditioning_scale, class_labels=y, return_dict=False, **kwargs)
+    return model(x, t, y, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kwargs).sample
+
+
+@pytest.mark.parametrize("name", ["dic-tiny", "diffit-tiny"])
+@pytest.mark.parametrize("to,design", DESIGNS, ids=DESIGN_IDS)
+def test_controlled_video_equals_uncontrolled_at_init_for_shared_and_per_frame_conditions(name, to, design):
+    size = 16 if name == "diffit-tiny" else 8
+    model = inflated(to, design, name, size)
+    controlnet = ControlNet.from_backbone(model, conditioning_channels=1).eval()
+    for key, value in controlnet.backbone.state_dict().items():  # the copy starts from the video model's weights
+        assert torch.equal(value, model.state_dict()[key]), key
+    grid = grid_of(to)
+    x, t, y = torch.randn(2, 3, *grid, size, size), torch.tensor([3, 700]), torch.tensor([1, 5])
+    base = model(x, t, y).sample
+    shared, per_frame = torch.rand(2, 1, size, size), torch.rand(2, 1, *grid, size, size)
+    assert torch.equal(run(model, controlnet, x, t, y, shared), base)
+    assert torch.equal(run(model, controlnet, x, t, y, per_frame), base)
+    randomize_(controlnet, seed=3)
+    controlled = run(model, controlnet, x, t, y, per_frame)
+    assert controlled.shape == base.shape and not torch.allclose(controlled, base)
+    assert torch.equal(run(model, controlnet, x, t, y, per_frame, conditioning_scale=0.0), base)
+    # a per-frame condition equal to the shared one in every frame is the shared condition
+    repeated = shared.unsqueeze(2).expand(-1, -1, *grid, -1, -1) if to == "video" else \
+        shared[:, :, None, None].expand(-1, -1, *grid, -1, -1)
+    torch.testing.assert_close(run(model, controlnet, x, t, y, repeated), run(model, controlnet, x, t, y, shared))
+
+
+def test_the_copy_keeps_the_temporal_layers_so_one_frame_condition_reaches_the_others():
+    model = inflated("video", {})
+    controlnet = randomize_(ControlNet.from_backbone(model, conditioning_channels=1), seed=2).eval()
+    assert any("temporal" in name for name, _ in controlnet.backbone.named_parameters())
+    x, t, y = torch.randn(1, 3, 3, 8, 8), torch.tensor([400]), torch.tensor([2])
+    condition = torch.zeros(1, 1, 3, 8, 8)
+    changed = condition.clone()
+    changed[:, :, 0] = 1.0  # only frame 0's condition changes
+    a, b = run(model, controlnet, x, t, y, condition), run(model, controlnet, x, t, y, changed)
+    assert not torch.allclose(a[:, :, 2], b[:, :, 2])  # frame 2 sees it through the temporal layers
+
+
+def test_camera_conditioned_4d_controlnet_sees_the_cameras_and_save_load_round_trips(tmp_path):
+    model = inflated("4d", dict(view="attention"), camera_dim=4, max_views=3)
+    controlnet = randomize_(ControlNet.from_backbone(model, conditioning_channels=1), seed=4).eval()
+    x, t, y = torch.randn(2, 3, 2, 3, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 5])
+    cameras, condition = torch.randn(2, 2, 4), torch.rand(2, 1, 2, 3, 8, 8)
+    out = run(model, controlnet, x, t, y, condition, cameras=cameras)
+    assert out.shape == (2, 6, 2, 3, 8, 8)
+    other = controlnet(x, t, condition, class_labels=y, cameras=torch.randn(2, 2, 4), return_dict=False)[1]
+    assert not torch.allclose(other, controlnet(x, t, condition, class_labels=y, cameras=cameras, return_dict=False)[1])
+    controlnet.save_pretrained(tmp_path)
+    loaded = ControlNet.from_pretrained(tmp_path).eval()
+    loaded.check_backbone(model)
+    assert loaded.config.backbone_class == "convdiff.models.video.InflatedFourDModel"
+    assert torch.equal(run(model, loaded, x, t, y, condition, cameras=cameras), out)
+
+
+def test_video_controlnet_errors_are_clear():
+    model = inflated("video", {})
+    controlnet = ControlNet.from_backbone(model, conditioning_channels=1).eval()
+    x, t, y = torch.randn(2, 3, 3, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 5])
+    with pytest.raises(ValueError, match=r"\(batch, 1, 8, 8\) tensor in \[0, 1\] \(one for all frames\) or a "
+                                         r"\(2, 1, 3, 8, 8\) tensor \(one per frame\)"):
+        controlnet(x, t, torch.rand(2, 1, 4, 8, 8), class_labels=y)
+    with pytest.raises(ValueError, match="different config.*max_frames"):
+        controlnet.check_backbone(inflate(image_model(), to="video", temporal=("p3d", "attention"), max_frames=8))
+    with pytest.raises(ValueError, match="InflatedVideoModel wraps a UNet2DModel, which has no ControlNet interface"):
+        unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8),
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                           norm_num_groups=4, layers_per_block=1)
+        ControlNet.from_backbone(inflate(unet, to="video"))
+
+
+# ---- pipelines -------------------------------------------------------------------------------------------
+def sample(pipe, **kwargs):
+    kwargs.setdefault("class_labels", [1, 2])
+    return pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).frames
+
+
+@pytest.fixture(scope="module")
+def video_base():
+    torch.manual_seed(0)
+    pipe = VideoPipeline(inflated("video", {}, max_frames=4), DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_video_pipeline_with_control_equals_the_base_at_init_and_round_trips(video_base, tmp_path):
+    pipe = VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(video_base.transformer,
+                                                                                conditioning_channels=1))
+    pipe.set_progress_bar_config(disable=True)
+    per_frame = torch.rand(1, 1, 3, 8, 8)  # one for both samples; sets num_frames=3
+    expected = sample(video_base, num_frames=3, guidance_scale=3.0)
+    assert expected.shape == (2, 3, 8, 8, 3)
+    assert np.array_equal(sample(pipe, image=per_frame, guidance_scale=3.0), expected)
+    assert np.array_equal(sample(pipe, image=torch.rand(1, 8, 8), num_frames=3, guidance_scale=3.0), expected)
+    randomize_(pipe.controlnet, seed=5)
+    controlled = sample(pipe, image=per_frame, guidance_scale=3.0)
+    assert controlled.shape == expected.shape and not np.allclose(controlled, expected)
+    assert np.array_equal(sample(pipe, image=per_frame, guidance_scale=3.0, controlnet_conditioning_scale=0.0), expected)
+    assert sample(pipe, image=per_frame, guidance_scale=3.0, guess_mode=True).shape == expected.shape
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoControlNetPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(sample(loaded, image=per_frame, guidance_scale=3.0), controlled)
+
+
+def test_video_pipeline_with_control_refuses_bad_conditions_and_windows(video_base):
+    pipe = VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(video_base.transformer,
+                                                                                conditioning_channels=1))
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="per-frame conditions for 3 samples but the batch has 2"):
+        sample(pipe, image=torch.rand(3, 1, 3, 8, 8))
+    with pytest.raises(ValueError, match="1-channel conditioning images but got 3"):
+        sample(pipe, image=torch.rand(2, 3, 3, 8, 8))
+    with pytest.raises(ValueError, match="one per frame"):
+        sample(pipe, image=torch.rand(2, 1, 3, 8, 8), num_frames=4)
+    with pytest.raises(ValueError, match="whole clip in one pass"):
+        sample(pipe, image=torch.rand(1, 8, 8), num_frames=6, window_frames=4, window_overlap=2)
+    with pytest.raises(ValueError, match="in_channels"):
+        other = inflate(create_model("dic-tiny", in_channels=1, sample_size=8, **TINY["dic-tiny"]), to="video",
+                        temporal=("p3d", "attention"), max_frames=4)
+        VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(other))
+
+
+@pytest.mark.parametrize("view", ["attention", "two-stream"])
+def test_fourd_pipeline_with_per_cell_control(view, tmp_path):
+    model = inflated("4d", dict(view=view), camera_dim=4, max_frames=2, max_views=2)
+    base = FourDPipeline(model, DDIMScheduler(clip_sample=False))
+    base.set_progress_bar_config(disable=True)
+    pipe = FourDControlNetPipeline.from_base(base, ControlNet.from_backbone(model, conditioning_channels=1))
+    pipe.set_progress_bar_config(disable=True)
+    cameras, cells = torch.randn(2, 4), torch.rand(2, 1, 2, 2, 8, 8)  # sets num_views=2, num_frames=2
+    expected = sample(base, cameras=cameras, num_views=2, num_frames=2, guidance_scale=2.0)
+    assert expected.shape == (2, 2, 2, 8, 8, 3)
+    assert np.array_equal(sample(pipe, image=cells, cameras=cameras, guidance_scale=2.0), expected)
+    randomize_(pipe.controlnet, seed=6)
+    controlled = sample(pipe, image=cells, cameras=cameras, guidance_scale=2.0, guess_mode=True)
+    assert controlled.shape == expected.shape and not np.allclose(controlled, expected)
+    pipe.save_pretrained(tmp_path)
+    loaded = FourDControlNetPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(sample(loaded, image=cells, cameras=cameras, guidance_scale=2.0, guess_mode=True), controlled)
