@@ -1,5 +1,7 @@
-"""Offline FID: Inception features, Fréchet distance, image / statistics ``.npz`` I/O, MNIST reference."""
+"""Offline FID: Inception features, Fréchet distance, image / statistics ``.npz`` I/O, MNIST reference; the ADM
+evaluator's other figures (sFID, Inception Score, precision / recall)."""
 
+from .adm_evaluator import EvaluationResult, evaluate, read_reference_batch
 from .fid import FIDResult, compute_fid, compute_moments, fid_main, open_source
 from .frechet import Moments, RankDeficientWarning, RunningMoments, frechet_distance, warn_if_rank_deficient
 from .image_io import (
@@ -22,8 +24,15 @@ from .inception import (
     find_default_inception_weights,
     resolve_inception_weights,
 )
+from .inception_score import inception_score
+from .precision_recall import precision_recall
 
 __all__ = [
+    "EvaluationResult",
+    "evaluate",
+    "read_reference_batch",
+    "inception_score",
+    "precision_recall",
     "FIDResult",
     "compute_fid",
     "compute_moments",

@@ -7,7 +7,9 @@ Formats (the ADM evaluation suite of Dhariwal & Nichol, NeurIPS 2021, arXiv 2105
   accepted too), optional ``arr_1`` = int labels. Read in batches straight from the zip member, so a 50k x
   256² file is never held in memory twice.
 * Statistics ``.npz``: ``mu`` (D,), ``sigma`` (D, D) — ADM's reference files (``VIRTUAL_imagenet256_labeled.npz``)
-  read as is. Ours add ``n``, ``protocol`` (extractor + resize) and ``cache_key`` (see ``convdiff.eval.fid``).
+  read as is; ADM's also hold ``mu_s``/``sigma_s`` (sFID) and ``arr_0`` (images for precision / recall), which
+  ``adm_evaluator.read_reference_batch`` reads. Ours add ``n``, ``protocol`` (extractor + resize) and
+  ``cache_key`` (see ``convdiff.eval.fid``).
 * Folders: png / jpg / jpeg / bmp / webp / tif(f), recursive, sorted by relative path. 8-bit grayscale ("L")
   stays 1-channel, every other mode is converted with PIL ``convert("RGB")`` (alpha dropped).
 
@@ -340,14 +342,18 @@ def load_stats(path: str | os.PathLike) -> tuple[Moments, dict]:
 
 
 def save_stats(
-    path: str | os.PathLike, moments: Moments, protocol: str = "", cache_key: str = "", source: str = ""
+    path: str | os.PathLike, moments: Moments, protocol: str = "", cache_key: str = "", source: str = "",
+    spatial: Moments | None = None,
 ) -> Path:
-    """Write ``mu``/``sigma`` (float64, ADM-compatible) + ``n``, ``protocol``, ``cache_key``, ``source``."""
+    """Write ``mu``/``sigma`` (float64, ADM-compatible) + ``n``, ``protocol``, ``cache_key``, ``source``, and
+    ``spatial`` (the sFID features' moments) as ADM's ``mu_s``/``sigma_s`` when given."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics files end in .npz, got {path}")
     arrays = dict(mu=moments.mu, sigma=moments.sigma, protocol=np.str_(protocol), cache_key=np.str_(cache_key),
                   source=np.str_(source))
+    if spatial is not None:
+        arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
     if moments.n is not None:
         arrays["n"] = np.int64(moments.n)
     _atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inception_taps import SPATIAL_CHANNELS, SPATIAL_DIM, SpatialTap
+
 __all__ = [
     "InceptionFeatureExtractor",
     "InceptionWeightsNotFound",
@@ -177,6 +179,8 @@ class InceptionFeatureExtractor(nn.Module):
 
     ``extractor(images)`` takes uint8 images (numpy/torch, NHWC or NCHW, 1 or 3 channels, any size) or a
     list of HWC uint8 arrays of different sizes, and returns float32 features (N, 2048) on the CPU.
+    With ``spatial=True``, ``extractor.extract(images)`` also returns the sFID features (N, 2023) of
+    ``mixed_6/conv`` from the same forward (inception_taps.py).
     """
 
     feature_dim = FEATURE_DIM
@@ -184,7 +188,8 @@ class InceptionFeatureExtractor(nn.Module):
     resize_mode = RESIZE_MODE
     input_range = INPUT_RANGE
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 spatial: bool = False):
         super().__init__()
         self.weights_path = resolve_inception_weights(weights)
         try:
@@ -197,6 +202,11 @@ class InceptionFeatureExtractor(nn.Module):
                 f"[-1, 0.9921875] -> (N, 2048)): {e}"
             ) from e
         self.device = torch.device(device)
+        self.spatial = spatial
+        if spatial:  # pool3 and the sFID features from one forward (inception_taps.py)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                net = torch.jit.script(SpatialTap(net.eval()))
         self.net = optimize_for_device(net.eval().to(self.device), self.device)
 
     @property
@@ -207,8 +217,9 @@ class InceptionFeatureExtractor(nn.Module):
     def protocol(self) -> str:
         """Extractor part of the FID protocol string: weights file + sha256 prefix, resize, input scaling."""
         h, w = self.image_size
+        spatial = f" + mixed_6/conv[:{SPATIAL_CHANNELS}]-{SPATIAL_DIM}d" if self.spatial else ""
         return (
-            f"inception={self.weights_path.name}@sha256:{self.sha256[:12]} pool3-{self.feature_dim}d, "
+            f"inception={self.weights_path.name}@sha256:{self.sha256[:12]} pool3-{self.feature_dim}d{spatial}, "
             f"resize={self.resize_mode}(TF1-style bilinear, float) to {h}x{w}, gray->RGB repeat, "
             f"input=uint8/255*1.9921875-1"
         )
@@ -226,20 +237,26 @@ class InceptionFeatureExtractor(nn.Module):
         x = (x / 255).clamp(0, 1)
         return (x * (hi - lo) + lo).clamp(lo, hi).contiguous()
 
+    def _run(self, x: torch.Tensor):
+        if x.device.type != "cuda":
+            return self.net(x)
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # TF32 shifts FID's 2nd decimal
+        try:
+            return self.net(x)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        x = self.preprocess(images)
-        if x.device.type == "cuda":  # full fp32 features: TF32 convs/matmuls shift FID in the 2nd decimal
-            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                feats = self.net(x)
-            finally:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-        else:
-            feats = self.net(x)
+    def extract(self, images) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pool3 features (N, 2048), sFID features (N, 2023) or None when built without ``spatial``)."""
+        out = self._run(self.preprocess(images))
+        feats, spatial = out if self.spatial else (out, None)
         if feats.ndim > 2:
             feats = feats.mean(dim=tuple(range(2, feats.ndim)))
         if feats.ndim != 2:
             raise RuntimeError(f"feature extractor returned shape {tuple(feats.shape)}, expected (N, D)")
-        return feats.float().cpu()
+        return feats.float().cpu(), None if spatial is None else spatial.float().cpu()
+
+    def forward(self, images: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        return self.extract(images)[0]
