@@ -279,7 +279,7 @@ def test_config_overrides_are_suggested_then_accepted(tmp_path):
     torch.save({"ema": official}, tmp_path / "ckpt.pt")
     argv = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--model", "dico-tiny", "--output", str(tmp_path / "out")]
     assert convert_main(argv + ["--set", "num_classes=1000", "--sample-size", "8"]) == 0
-    assert DiCoModel.from_pretrained(tmp_path / "out").config.num_classes == 1000
+    assert DiCoModel.from_pretrained(tmp_path / "out", subfolder="transformer").config.num_classes == 1000
 
 
 def test_config_dict_and_class_pair_inputs():
@@ -300,9 +300,10 @@ def test_folder_round_trip(tmp_path, name, cls):
     path = tmp_path / "ckpt.pt"
     torch.save({"ema": random_official(name), "args": argparse.Namespace(model=name)}, path)
     out = convert_official_to_folder(path, tmp_path / "converted", model=name, sample_size=16)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "transformer"]
+    assert sorted(p.name for p in (out / "transformer").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert leftovers(tmp_path) == []
-    loaded = cls.from_pretrained(out).eval()
+    loaded = cls.from_pretrained(out, subfolder="transformer").eval()
     assert loaded.config.sample_size == 16
     direct = convert_official_checkpoint(path, name)
     x, t, y = sample_inputs()
@@ -323,7 +324,7 @@ def test_existing_folder_is_never_clobbered(tmp_path):
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert leftovers(tmp_path) == []
     convert_official_to_folder(path, target, model="dico-tiny", overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").is_file()
+    assert not (target / "keep.txt").exists() and (target / "model_index.json").is_file()
     assert leftovers(tmp_path) == []
 
 
@@ -332,6 +333,7 @@ def test_failed_save_leaves_no_folder(tmp_path, monkeypatch):
     torch.save({"ema": random_official("dico-tiny")}, path)
 
     def broken_save(self, save_directory, **kwargs):
+        Path(save_directory).mkdir(parents=True, exist_ok=True)  # the pipeline's transformer/ subfolder
         (Path(save_directory) / "config.json").write_text("{}")
         raise OSError("disk full")
 
@@ -348,7 +350,7 @@ def test_cli(tmp_path, capsys):
     out = tmp_path / "folder"
     argv = ["--checkpoint", str(path), "--model", "dic-tiny", "--output", str(out), "--weights", "model"]
     assert convert_main(argv) == 0
-    loaded = DiCModel.from_pretrained(out)
+    loaded = DiCModel.from_pretrained(out, subfolder="transformer")
     assert torch.equal(loaded.stem.proj.weight, random_official("dic-tiny", seed=3)["x_embedder.proj.weight"])
     assert convert_main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -206,7 +206,7 @@ def test_converter_loads_the_official_layout(tmp_path):
     save_file({k: v.contiguous() for k, v in official_layout(index=False).items()}, tmp_path / "diffit.safetensors")
     out = convert_official_to_folder(tmp_path / "diffit.safetensors", tmp_path / "folder", model="diffit-tiny",
                                      sample_size=8)
-    loaded = DiffiTModel.from_pretrained(out)
+    loaded = DiffiTModel.from_pretrained(out, subfolder="transformer")
     x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([1])
     torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample, atol=1e-6, rtol=0)
 
@@ -219,7 +219,7 @@ def test_converter_cli(tmp_path):
     save_file({k: v.contiguous() for k, v in official_layout().items()}, tmp_path / "diffit.safetensors")
     assert main(["convert", "--checkpoint", str(tmp_path / "diffit.safetensors"), "--model", "diffit-tiny",
                  "--sample-size", "8", "--output", str(tmp_path / "out")]) == 0
-    assert DiffiTModel.from_pretrained(tmp_path / "out").config.sample_size == 8
+    assert DiffiTModel.from_pretrained(tmp_path / "out", subfolder="transformer").config.sample_size == 8
 
 
 def test_converter_errors_are_clear():

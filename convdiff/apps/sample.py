@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 
 from ..grids import balanced_labels, grid_labels, make_grid
 
+SCHEDULES = ("constant", "power-cosine")  # pipelines/guidance.py, named here so --help imports no diffusers
+
 
 def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
     """A saved ClassConditionalPipeline folder, or a freshly initialised registry model in pixel space."""
@@ -24,15 +26,38 @@ def load_pipeline(pipeline_dir=None, model=None, model_overrides=None):
         if not (Path(pipeline_dir) / "model_index.json").is_file():
             raise FileNotFoundError(f"{pipeline_dir} is not a pipeline folder (no model_index.json).")
         return ClassConditionalPipeline.from_pretrained(pipeline_dir)
-    from diffusers import DDPMScheduler
-
+    from ..pipelines.schedulers import adm_scheduler
     from ..registry import create_model
 
     net = create_model(model, **(model_overrides or {})).eval()
     learned = net.config.out_channels == 2 * net.config.in_channels
-    scheduler = DDPMScheduler(beta_schedule="linear", variance_type="learned_range" if learned else "fixed_small",
-                              clip_sample=True)
-    return ClassConditionalPipeline(transformer=net, scheduler=scheduler)
+    return ClassConditionalPipeline(transformer=net, scheduler=adm_scheduler(learned))
+
+
+def guidance_channels(text: str):
+    """--guidance-channels: a channel count, or "all"."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a channel count (e.g. 3) or 'all', got {text!r}") from None
+
+
+def check_decodable(pipeline) -> None:
+    """Images need 1 or 3 channels: a latent model's pipeline must have a VAE to decode them."""
+    channels = pipeline.transformer.config.in_channels
+    if pipeline.vae is None and channels not in (1, 3):
+        raise ValueError(f"This pipeline has no VAE and its model makes {channels}-channel latents, not images: "
+                         "convert it with a VAE (convdiff convert ... --vae <AutoencoderKL folder>, e.g. a local copy "
+                         "of stabilityai/sd-vae-ft-ema) or add one to the folder's model_index.json.")
+
+
+def describe(scheduler_name: str, call: dict) -> str:
+    """The sampler and guidance of a run, for its report line."""
+    channels = call["guidance_channels"] or "all"
+    return (f"{scheduler_name} {call['num_inference_steps']} steps, guidance {call['guidance_scale']} "
+            f"({call['guidance_schedule']}, {channels} channels)")
 
 
 def generate(pipeline, n: int, seed: int = 0, batch_size: int = 50, labels=None, progress: bool = True, **call_kwargs):
@@ -63,12 +88,18 @@ def sample_main(argv=None):
     parser.add_argument("--labels", help="comma-separated class ids for the grid (default: 10x10 class grid)")
     parser.add_argument("--scheduler", default=None,
                         help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc (flow models: euler, heun); "
-                             "default: the pipeline's own (a --model gets DDPM)")
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps, >= 1 (default: 50)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="classifier-free guidance scale, active when > 1 (default: 1, no guidance)")
-    parser.add_argument("--guidance-channels", type=int, default=None,
-                        help="guide only the first N latent channels (3 = official DiT/DiC/DiCo rule; default: all)")
+                             "default: the pipeline's own (a --model gets ADM's DDPM sampler)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps, >= 1 (default: the pipeline's sampling_defaults, e.g. 250 for a converted "
+                             "official checkpoint, else 50)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance scale, active when > 1 (default: the pipeline's, else 1)")
+    parser.add_argument("--guidance-channels", type=guidance_channels, default=None, metavar="N|all",
+                        help="guide only the first N latent channels (3 = official DiT/DiC/DiCo/DiffiT rule) or all "
+                             "(diffusers); default: the pipeline's, else all")
+    parser.add_argument("--guidance-schedule", choices=SCHEDULES, default=None,
+                        help="constant, or power-cosine (DiffiT-256: the scale ramps up to --guidance-scale as t -> 0); "
+                             "default: the pipeline's, else constant")
     parser.add_argument("--seed", type=int, default=0, help="sample i starts from seed + i (default: 0)")
     parser.add_argument("--batch-size", type=int, default=50, help="samples per forward pass (default: 50)")
     parser.add_argument("--compile", action="store_true",
@@ -89,8 +120,10 @@ def sample_main(argv=None):
         pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler)
     args.scheduler = args.scheduler or type(pipeline.scheduler).__name__  # for the report below
     num_classes, _, _ = null_class_and_dropout(pipeline.transformer)
-    call = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                guidance_channels=args.guidance_channels)
+    channels = pipeline.transformer.config.in_channels if args.guidance_channels == "all" else args.guidance_channels
+    call = pipeline.sampling_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                                       guidance_channels=channels, guidance_schedule=args.guidance_schedule)
+    check_decodable(pipeline)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npz":
@@ -100,7 +133,7 @@ def sample_main(argv=None):
         images = generate(pipeline, args.num_samples, args.seed, args.batch_size, labels, **call)
         save_adm_npz(images, output, labels=labels)
         print(f"wrote {len(images)} samples to {output} (labels i mod {num_classes}, seeds {args.seed}+i, "
-              f"{args.scheduler} {args.steps} steps, guidance {args.guidance_scale})")
+              f"{describe(args.scheduler, call)})")
         return 0
     if args.labels:
         labels = [int(v) for v in args.labels.split(",")]

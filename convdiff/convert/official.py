@@ -35,6 +35,7 @@ from ..models.dic import DiCModel
 from ..models.dico import DiCoModel
 from ..registry import MODELS, model_spec, normalize_name
 from . import diffit
+from .sampling import official_sampling_defaults
 
 # --------------------------------------------------------------------------------------------------------
 # Key maps
@@ -481,7 +482,7 @@ def _check_target(output_dir: Path, overwrite: bool) -> None:
 
 
 def save_folder_atomically(model, output_dir, overwrite: bool = False) -> Path:
-    """`save_pretrained` (safetensors) into a hidden partial folder beside `output_dir`, fsynced, then renamed
+    """`save_pretrained` (safetensors) of a model or pipeline into a hidden partial folder beside `output_dir`, fsynced, then renamed
     into place (convdiff/files.py). On any failure the target is left exactly as it was and the partial folder
     is removed; a failed write (disk full, no permission) raises one OSError naming the folder and the cause.
     """
@@ -492,14 +493,49 @@ def save_folder_atomically(model, output_dir, overwrite: bool = False) -> Path:
                           check=lambda: _check_target(output_dir, overwrite))
 
 
-def convert_official_to_folder(path, output_dir, model="dico-xl", use_ema: bool = True, overwrite: bool = False,
-                               trust_pickle: bool = False, **config_overrides) -> Path:
-    """Convert an official `.pt` into a diffusers model folder (config.json + safetensors) at `output_dir`.
+def load_vae(vae):
+    """An `AutoencoderKL` from a local folder (its own, or a pipeline's `vae/`); an AutoencoderKL passes through."""
+    from diffusers import AutoencoderKL
 
+    if vae is None or isinstance(vae, AutoencoderKL):
+        return vae
+    folder = Path(vae)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"No AutoencoderKL folder at {vae} (expected config.json + weights, e.g. a local copy "
+                                "of stabilityai/sd-vae-ft-ema, the VAE the official samplers decode with).")
+    return AutoencoderKL.from_pretrained(folder)
+
+
+def official_pipeline(model, vae=None):
+    """A ClassConditionalPipeline that samples a converted model as its official sample script does.
+
+    The scheduler is ADM's 250-step DDPM sampler (`adm_scheduler`: learned-range variance, timesteps 999, 995,
+    ..., no clipping), and `sampling_defaults` hold the script's steps, guidance scale, guidance channels
+    (3) and schedule (power-cosine for 256px DiffiT): convert/sampling.py.
+    """
+    from ..pipelines import ClassConditionalPipeline
+    from ..pipelines.schedulers import adm_scheduler
+
+    config = model.config
+    scheduler = adm_scheduler(learned_sigma=config.out_channels == 2 * config.in_channels)
+    return ClassConditionalPipeline(transformer=model, scheduler=scheduler, vae=load_vae(vae),
+                                    sampling_defaults=official_sampling_defaults(family_of(model), config))
+
+
+def convert_official_to_folder(path, output_dir, model="dico-xl", use_ema: bool = True, overwrite: bool = False,
+                               trust_pickle: bool = False, vae=None, **config_overrides) -> Path:
+    """Convert an official checkpoint into a diffusers pipeline folder at `output_dir`.
+
+    The folder holds `model_index.json`, `transformer/` (config.json + safetensors), `scheduler/` and, given
+    `vae` (a local AutoencoderKL folder), `vae/`: `ClassConditionalPipeline.from_pretrained(output_dir)` samples
+    like the official script without arguments (`official_pipeline`); the model alone loads with
+    `DiCoModel.from_pretrained(output_dir, subfolder="transformer")`. Without a VAE the pipeline returns
+    latents (`output_type="latent"`), or pass `vae=` to `from_pretrained`.
     The folder is written atomically; an existing non-empty folder is only replaced with overwrite=True.
-    Load it with `DiCoModel.from_pretrained(output_dir)` / `DiCModel.from_pretrained(output_dir)`.
     """
     _check_target(Path(output_dir), overwrite)  # fail before the (slow) load
+    vae = load_vae(vae)
     converted = convert_official_checkpoint(path, model, use_ema=use_ema, trust_pickle=trust_pickle, **config_overrides)
-    return save_folder_atomically(converted, output_dir, overwrite=overwrite)
-
+    return save_folder_atomically(official_pipeline(converted, vae), output_dir, overwrite=overwrite)

@@ -10,11 +10,14 @@
   `scale_model_input` every step (Euler-type samplers need both), second-order schedulers (Heun, KDPM2),
   and `generator` handed to stochastic `step`s;
 - learned σ (out_channels = 2 * in_channels) is split off before `scheduler.step`, except for
-  `DDPMScheduler(variance_type="learned"|"learned_range")`, the one sampler that uses it (ADM/DiT's 250-step
-  evaluation sampler);
+  `DDPMScheduler(variance_type="learned"|"learned_range")`, the one sampler that uses it; the official
+  250-step evaluation sampler of ADM/DiT is that DDPM configured as `schedulers.adm_scheduler()`
+  (`timestep_spacing="linspace"`, no clipping), not diffusers' DDPM defaults;
 - classifier-free guidance with the null class (`num_classes`, or `num_embeds_ada_norm` for diffusers' DiT),
   on all ε channels (diffusers) or only the first 3 (`guidance_channels=3`, the official DiT/DiC/DiCo/DiffiT
   rule), with a constant or DiffiT's power-cosine scale schedule (see `guidance.py`);
+- `sampling_defaults`: the steps, guidance scale, channels and schedule a call uses when not given, saved in
+  model_index.json (converted official checkpoints carry their sample script's, convert/sampling.py);
 - `callback_on_step_end`, interruption, model offload hooks, and clear `ValueError`s for bad labels,
   latents, output types and scheduler/model mismatches.
 
@@ -37,6 +40,9 @@ from .denoising import DenoisingPipeline, SamplingState
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# What a call uses for an argument it does not pass, unless the pipeline's sampling_defaults say otherwise.
+BUILTIN_SAMPLING = {"num_inference_steps": 50, "guidance_scale": 1.0, "guidance_channels": None,
+                    "guidance_schedule": "constant"}
 FLOW_PARAMETERISATIONS = ("flow", "flow_prediction", "rectified_flow")
 LEARNED_VARIANCE = ("learned", "learned_range")
 
@@ -61,10 +67,13 @@ class ClassConditionalPipeline(DenoisingPipeline):
 
     Args:
         transformer: the denoiser (`ModelMixin`), called as `transformer(x, t, class_labels=..., return_dict=False)`.
-        scheduler: a diffusers scheduler, e.g. `DDIMScheduler(clip_sample=False)` or
-            `DDPMScheduler(variance_type="learned_range", clip_sample=False)` (ADM/DiT's evaluation sampler).
+        scheduler: a diffusers scheduler, e.g. `DDIMScheduler(clip_sample=False)`, or `schedulers.adm_scheduler()`
+            (ADM/DiT's 250-step evaluation sampler: DDPM, learned-range variance, "linspace" steps, no clipping).
         vae: optional `AutoencoderKL`; `None` means the denoiser works on pixels in [-1, 1].
         id2label: optional `{class id: "name, synonym, ..."}` for `get_label_ids`, saved in model_index.json.
+        sampling_defaults: optional `{argument: value}` for `num_inference_steps`, `guidance_scale`,
+            `guidance_channels`, `guidance_schedule`: what a call uses when it does not pass them, saved in
+            model_index.json (without it: 50 steps, no guidance, all channels, constant).
 
     Sampling runs the one loop of `DenoisingPipeline` (denoising.py); this class supplies its steps for one
     image batch: `run_denoiser` (CFG batch with the null class), `guide` and `step` (learned σ).
@@ -74,17 +83,32 @@ class ClassConditionalPipeline(DenoisingPipeline):
     _optional_components = ["vae"]
 
     def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
-                 id2label: dict | None = None):
+                 id2label: dict | None = None, sampling_defaults: dict | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         # JSON turns int keys into strings; store strings so an in-memory and a reloaded pipeline agree.
         id2label = {str(k): v for k, v in id2label.items()} if id2label else None
         self.register_to_config(id2label=id2label)
+        # A pipeline config attribute, the diffusers way (like DiTPipeline's id2label): save_pretrained writes it
+        # into model_index.json and from_pretrained hands it back to __init__, so a saved folder samples as its
+        # maker meant without flags or a side file. Registered only when given, so pipelines that subclass this
+        # one without the argument (ControlNet) save no key they could not reload.
+        if sampling_defaults:
+            unknown = sorted(set(sampling_defaults) - set(BUILTIN_SAMPLING))
+            if unknown:
+                raise ValueError(f"sampling_defaults takes {sorted(BUILTIN_SAMPLING)}, got unknown key(s) {unknown}.")
+            self.register_to_config(sampling_defaults=dict(sampling_defaults))
         self.labels = {}
         for key, names in (id2label or {}).items():
             for name in names.split(","):
                 self.labels[name.strip()] = int(key)
         self.labels = dict(sorted(self.labels.items()))
+
+    def sampling_arguments(self, **given) -> dict:
+        """Each sampling argument as given, else the pipeline's `sampling_defaults`, else `BUILTIN_SAMPLING`."""
+        saved = self.config.get("sampling_defaults") or {}
+        return {name: given[name] if given.get(name) is not None else saved.get(name, builtin)
+                for name, builtin in BUILTIN_SAMPLING.items()}
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Map class names (any comma-separated synonym in id2label) to class ids."""
@@ -262,10 +286,10 @@ class ClassConditionalPipeline(DenoisingPipeline):
     def __call__(
         self,
         class_labels: int | list[int] | torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         guidance_channels: int | None = None,
-        guidance_schedule: GuidanceSchedule = "constant",
+        guidance_schedule: GuidanceSchedule | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -281,8 +305,11 @@ class ClassConditionalPipeline(DenoisingPipeline):
                 unconditional samples. Must be None for an unconditional model.
             num_inference_steps: sampler steps (`scheduler.set_timesteps`).
             guidance_scale: classifier-free guidance scale (its peak for "power-cosine"); active when > 1.
-            guidance_channels: None guides all latent channels (diffusers); 3 reproduces official DiT/DiC/DiCo/DiffiT.
+            guidance_channels: how many latent channels guidance mixes: 3 reproduces official DiT/DiC/DiCo/DiffiT,
+                `in_channels` guides all of them (diffusers).
             guidance_schedule: "constant", "power-cosine" (DiffiT) or a callable `(t, scale, num_train_timesteps)`.
+                Each of these four, when None, comes from the pipeline's `sampling_defaults` (a converted
+                official checkpoint: its sample script's), else 50 steps, scale 1, all channels, "constant".
             generator: `torch.Generator` or one per sample, for reproducible noise and stochastic steps.
             latents: optional starting noise (batch, C, H, W), scaled by `init_noise_sigma` like fresh noise.
             output_type: "pil", "np" (N,H,W,C in [0,1]), "pt" (N,C,H,W in [0,1]) or "latent" (denoised latents).
@@ -294,6 +321,10 @@ class ClassConditionalPipeline(DenoisingPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule)
+        num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
+        guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
         check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         if isinstance(class_labels, int):
             class_labels = [class_labels]
