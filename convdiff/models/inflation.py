@@ -27,6 +27,7 @@ from torch import nn
 from ..nn.camera import FrameConditionEmbedding
 from ..nn.embeddings import TimestepEmbedding
 from ..nn.layouts import maps_to_tokens, tokens_to_maps
+from ..nn.pyramid_conv import DeltaConvBlock
 from ..nn.spatiotemporal import (
     P3D_VARIANTS,
     GridContext,
@@ -250,6 +251,13 @@ def is_spatial_3x3(module: nn.Module) -> bool:
             and module.dilation == (1, 1))
 
 
+def spatial_convs(block: nn.Module) -> list:
+    """Names of the block's 3x3 convs that P3D factorizes: not those inside a ΔConv student that replaced its
+    attention (they run on attention windows or token grids, not on whole frames)."""
+    students = tuple(f"{n}." for n, m in block.named_modules() if isinstance(m, DeltaConvBlock))
+    return [n for n, m in block.named_modules() if is_spatial_3x3(m) and not n.startswith(students)]
+
+
 def normalize_temporal(temporal) -> list:
     kinds = [temporal] if isinstance(temporal, str) else list(temporal or [])
     unknown = [k for k in kinds if k not in TEMPORAL_KINDS]
@@ -273,7 +281,7 @@ def inflate_modules(base: nn.Module, plan: dict, options: InflationOptions, cont
         block = base.get_submodule(name)
         temporal_layers = []
         if "p3d" in options.temporal:
-            convs = [n for n, m in block.named_modules() if is_spatial_3x3(m)]
+            convs = spatial_convs(block)
             for conv_name in convs:
                 variant = "ABC"[p3d_count % 3] if options.p3d_variant == "mixed" else options.p3d_variant
                 block.set_submodule(conv_name, P3DConv(block.get_submodule(conv_name), variant, context))

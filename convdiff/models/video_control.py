@@ -60,10 +60,10 @@ class InflatedControlMixin:
                        timestamps=None, cameras=None, **conditioning):
         """(skips, middle) of the backbone's encoder on every frame of a video (B, C, F, H, W) or grid
         (B, C, V, T, H, W) (a list of them for a multi-scale backbone); `stem_residual` has one row per frame."""
-        inputs = list(hidden_states) if isinstance(hidden_states, (list, tuple)) else [hidden_states]
-        if any(not torch.is_tensor(x) or x.dim() not in (5, 6) for x in inputs):
-            raise ValueError(f"{type(self).__name__}.control_encode expects a video (batch, channels, frames, height, "
-                             "width) or a grid (batch, channels, views, frames, height, width).")
+        top = hidden_states[0] if isinstance(hidden_states, (list, tuple)) and hidden_states else hidden_states
+        dims = top.dim() if torch.is_tensor(top) and top.dim() in (5, 6) else 5
+        inputs = self._inputs(hidden_states, dims, "a video (batch, channels, frames, height, width) or a grid (batch, "
+                              "channels, views, frames, height, width)", "pass what the model's forward takes")
         grids = [video_to_grid(x) if x.dim() == 5 else x for x in inputs]
         self._controllable_base()
 
