@@ -11,6 +11,16 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torc
     return model
 
 
+def save_torchscript(module: torch.nn.Module, path):
+    """Script `module` in eval mode and save it to `path` (the format of the Inception / I3D files users give)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in torch >= 2.10
+        torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ Video (configs/video-moving-digits.yaml): inflates the shipped `pipelines/dic-mn
 temporal layers on moving digits. It then samples class-balanced videos and reports, next to two references
 (the inflated model before training, i.e. the image model run on every frame, and real moving-digit clips):
 frame FID against held-out MNIST digits, temporal consistency (cosine similarity of adjacent frames'
-Inception features) and the mean absolute change between adjacent frames.
+Inception features) and the mean absolute change between adjacent frames; with `--i3d FILE` (your I3D
+TorchScript, see convdiff/eval/fvd.py) also FVD against another set of held-out real clips.
 
 4D (configs/4d-synthetic.yaml): trains a tiny model on the synthetic multi-view set, samples grids (rows =
 time, columns = views), and measures view synthesis on held-out scenes: the first view's whole video is
@@ -67,7 +68,26 @@ def video_metrics(videos, extractor) -> dict:
             "num_videos": int(videos.shape[0]), "num_frames": int(videos.shape[1]), "fid_protocol": fid.protocol}
 
 
-def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir: Path, scheduler=None) -> dict:
+def real_clips(dataset, count: int) -> np.ndarray:
+    """(count, F, H, W, 1) floats in [0, 1] from a MovingDigits set."""
+    return np.stack([(dataset[i][0][0].numpy() + 1) / 2 for i in range(count)])[..., None]
+
+
+def add_fvd(results: dict, samples: dict, reference: np.ndarray, i3d) -> str:
+    """FVD of every sample set against the `reference` clips with the user's I3D; returns the protocol."""
+    from ..eval.fvd import I3DFeatureExtractor, compute_fvd, video_moments
+
+    extractor = I3DFeatureExtractor(i3d)
+    reference = video_moments(reference, extractor)
+    for name, videos in samples.items():
+        log(f"FVD: {name}")
+        result = compute_fvd(videos, reference, extractor=extractor, warn_rank_deficient=False)
+        results[name]["fvd"] = result.fvd
+    return result.protocol
+
+
+def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir: Path, scheduler=None,
+                   i3d=None) -> dict:
     from ..data.moving_digits import MovingDigits
     from ..eval.inception import InceptionFeatureExtractor
     from ..models.video import inflate
@@ -94,7 +114,7 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
                                                                      num_videos, num_frames, steps, seed=10_000)
     real = MovingDigits("heldout", num_frames=num_frames, frame_size=int(options.get("frame_size", 28)),
                         length=num_videos, seed=1)
-    samples["real moving digits (held out)"] = np.stack([(real[i][0][0].numpy() + 1) / 2 for i in range(num_videos)])[..., None]
+    samples["real moving digits (held out)"] = real_clips(real, num_videos)
 
     extractor = InceptionFeatureExtractor()
     for name, videos in samples.items():
@@ -103,6 +123,10 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
         tag = name.split(" ")[0]
         make_grid(videos[:10].reshape(-1, *videos.shape[2:]), columns=num_frames).save(output_dir / f"videos-{tag}.png")
         export_to_video(np.concatenate(list(videos[:10]), axis=2), output_dir / f"videos-{tag}.gif", fps=4, scale=3)
+    if i3d:  # FVD reference: other held-out clips (seed 2), so the real clips' row is FVD's floor at this N
+        fvd_reference = MovingDigits("heldout", num_frames=num_frames, frame_size=int(options.get("frame_size", 28)),
+                                     length=num_videos, seed=2)
+        results["fvd_protocol"] = add_fvd(results, samples, real_clips(fvd_reference, num_videos), i3d)
     results["protocol"] = (f"{num_videos} videos x {num_frames} frames, {sampler}, labels i mod 10, seeds "
                            "10000 + batch start; FID reference: 500 held-out MNIST digits")
     return results
@@ -174,7 +198,8 @@ def video_demo_main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     mode = config.task_options.get("mode", "video")
     evaluate = evaluate_4d if mode == "4d" else evaluate_video
-    metrics = evaluate(pipeline_dir, config, args.num_videos, args.steps, output_dir, args.scheduler)
+    fvd = {"i3d": args.i3d} if args.i3d else {}
+    metrics = evaluate(pipeline_dir, config, args.num_videos, args.steps, output_dir, args.scheduler, **fvd)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     if args.assets:
@@ -183,3 +208,10 @@ def video_demo_main(argv=None):
         for path in sorted(output_dir.glob("*.gif")) + sorted(output_dir.glob("*.png")):
             shutil.copy(path, assets / path.name)
     return 0
+    parser.add_argument("--i3d", metavar="FILE",
+                        help="I3D TorchScript (i3d_torchscript.pt, Kinetics-400) for FVD against held-out clips "
+                             "(video recipes); a TorchScript runs code: pass only a file you trust")
+    if args.i3d and config.task_options.get("mode", "video") == "4d":
+        raise ValueError("--i3d (FVD) applies to video recipes; the 4D demo reports view-synthesis PSNR")
+    if args.i3d and not Path(args.i3d).is_file():  # before training, not after it
+        raise FileNotFoundError(f"I3D weights file not found: {args.i3d}")

@@ -1,9 +1,10 @@
 """Offline FID: Inception features, Fréchet distance, image / statistics ``.npz`` I/O, MNIST reference; the ADM
-evaluator's other figures (sFID, Inception Score, precision / recall)."""
+evaluator's other figures (sFID, Inception Score, precision / recall); FVD with a user-given I3D."""
 
 from .adm_evaluator import EvaluationResult, evaluate, read_reference_batch
 from .fid import FIDResult, compute_fid, compute_moments, fid_main, open_source
 from .frechet import Moments, RankDeficientWarning, RunningMoments, frechet_distance, warn_if_rank_deficient
+from .fvd import FVDResult, I3DFeatureExtractor, compute_fvd
 from .image_io import (
     MNIST_HELDOUT_PER_CLASS,
     UnreadableImageError,
@@ -34,6 +35,9 @@ __all__ = [
     "inception_score",
     "precision_recall",
     "FIDResult",
+    "FVDResult",
+    "I3DFeatureExtractor",
+    "compute_fvd",
     "compute_fid",
     "compute_moments",
     "fid_main",

@@ -2,6 +2,7 @@
 Ge et al., CVPR 2024, arXiv 2404.12391).
 
 - `frame_fid`: FID over all frames as images, with the offline Inception of `convdiff.eval` (spatial quality only).
+- `fvd`: Fréchet Video Distance with the I3D TorchScript the user gives (`fvd.py`; needs that file).
 - `temporal_consistency`: mean cosine similarity of the features of adjacent frames (CLIP-consistency style,
   with Inception pool3 features by default or any extractor `uint8 NHWC -> (N, D)`), plus the similarity of every
   frame to the first one. Read it beside `frame_difference` (mean absolute change between adjacent frames, a
@@ -40,6 +41,14 @@ def frame_fid(videos, reference, extractor=None, **kwargs):
         reference = reference.reshape(-1, *reference.shape[2:])
     extra = dict(kwargs.pop("protocol_extra", None) or {}, frames_per_video=videos.shape[1])
     return compute_fid(frames, reference, extractor=extractor, protocol_extra=extra, **kwargs)
+
+
+def fvd(videos, reference, i3d, **kwargs):
+    """FVD between `videos` and `reference` (videos or their `Moments`) with the I3D TorchScript at `i3d`
+    (`compute_fvd` in fvd.py). Returns an `FVDResult`."""
+    from .fvd import compute_fvd
+
+    return compute_fvd(videos, reference, i3d, **kwargs)
 
 
 def frame_features(videos, extractor, batch_size: int = 64) -> torch.Tensor:
