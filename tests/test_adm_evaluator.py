@@ -98,7 +98,7 @@ def test_precision_recall_known_answers():
     # radii 6.5, 0.5, 0.5. Precision: 3.5 only -> 1/3. Recall: 0 and 1 are 3.5 and 2.5 from the sample 3.5,
     # within 6.5, and so are 2 and 3 -> 1.
     ref, fake = torch.tensor([[0.0], [1.0], [2.0], [3.0]]), torch.tensor([[3.5], [10.0], [10.5]])
-    torch.testing.assert_close(knn_radii(fake, k=1), torch.tensor([6.5, 0.5, 0.5]))
+    torch.testing.assert_close(knn_radii(fake, k=1, block=2), torch.tensor([6.5, 0.5, 0.5]))  # blocks of 2, 1
     p, r = precision_recall(ref, fake, k=1, block=2)  # blocks smaller than the sets
     assert p == pytest.approx(1 / 3) and r == 1.0
     with pytest.raises(ValueError, match="need more than 3 points"):

@@ -4,8 +4,8 @@ Each set's manifold is the union of balls around its points, the radius of a poi
 k-th nearest neighbour in the same set (k = 3, the point itself not counted). Precision: the share of samples
 inside the reference manifold; recall: the share of reference points inside the sample manifold. ADM uses
 2048-d pool features of 10k reference images against all samples. Distances are float32 (as ADM's) and
-computed in blocks, so memory stays at ``block x block`` whatever N is; pass ``device="cuda"`` for 50k samples
-(the samples' own radii take 50k x 50k distances: minutes on a GPU, about an hour on a small CPU).
+computed in blocks, so memory stays at ``block x block`` whatever N is. For 50k samples the samples' own radii
+take 50k x 50k distances: about 5 minutes on one CPU thread, seconds with ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def knn_radii(features: torch.Tensor, k: int = 3, block: int = 4096) -> torch.Te
     """Distance of every point to its k-th nearest other point of the same set."""
     if len(features) <= k:
         raise ValueError(f"k={k} nearest neighbours need more than {k} points, got {len(features)}")
-    radii = [torch.cdist(part, features).kthvalue(k + 1, dim=1).values for part in features.split(block)]
+    radii = []
+    for part in features.split(block):  # the k + 1 nearest of each column block (the point itself among them)
+        nearest = [torch.cdist(part, other).topk(min(k + 1, len(other)), dim=1, largest=False).values
+                   for other in features.split(block)]
+        radii.append(torch.cat(nearest, dim=1).kthvalue(k + 1, dim=1).values)
     return torch.cat(radii)
 
 
