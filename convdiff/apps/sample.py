@@ -2,11 +2,13 @@
 
 Samples are reproducible whatever the batch size: sample i always starts from its own generator seeded
 with seed + i, and its label follows a fixed balanced scheme (i mod num_classes), which the ADM evaluator
-and our FID both accept.
+and our FID both accept. A `.npz` run shards its batches across `accelerate launch` processes and resumes
+after a kill (`--resume`); see sharded_sampling.py.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,31 @@ def check_decodable(pipeline) -> None:
         raise ValueError(f"This pipeline has no VAE and its model makes {channels}-channel latents, not images: "
                          "convert it with a VAE (convdiff convert ... --vae <AutoencoderKL folder>, e.g. a local copy "
                          "of stabilityai/sd-vae-ft-ema) or add one to the folder's model_index.json.")
+
+
+def check_call(pipeline, labels, call) -> None:
+    """The checks a pipeline call makes on these arguments, made before anything is sampled or written."""
+    from ..pipelines.arguments import check_sampling_arguments
+
+    check_sampling_arguments(call["num_inference_steps"], call["guidance_scale"], labels)
+    first = None if labels is None else labels[:1]
+    pipeline.check_inputs(first, None if first else 1, call["guidance_scale"], call["guidance_channels"],
+                          call["guidance_schedule"], None, "np", None, None)
+    pipeline.check_scheduler()
+
+
+def run_arguments(args, pipeline, overrides, call, num_classes) -> dict:
+    """What defines a .npz run's samples, as JSON values (recorded, and compared on --resume)."""
+    from .sharded_sampling import fingerprint
+
+    scheduler = {k: v for k, v in pipeline.scheduler.config.items() if not k.startswith("_")}
+    arguments = dict(pipeline=str(Path(args.pipeline).resolve()) if args.pipeline else None,
+                     pipeline_fingerprint=fingerprint(args.pipeline) if args.pipeline else None,
+                     model=args.model, model_overrides=overrides if args.model else None,
+                     scheduler={"class": type(pipeline.scheduler).__name__, **scheduler}, **call, seed=args.seed,
+                     num_samples=args.num_samples, batch_size=args.batch_size,
+                     labels=f"i mod {num_classes}" if num_classes else None)
+    return json.loads(json.dumps(arguments))  # tuples -> lists, as they read back
 
 
 def describe(scheduler_name: str, call: dict) -> str:
@@ -104,16 +131,28 @@ def sample_main(argv=None):
     parser.add_argument("--batch-size", type=int, default=50, help="samples per forward pass (default: 50)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the denoiser first (a one-off compile, then one graph for every step)")
+    parser.add_argument("--resume", action="store_true",
+                        help=".npz: continue the run that writes --output (after a kill), refused if its recorded "
+                             "arguments differ; starts afresh when there is none")
+    parser.add_argument("--overwrite", action="store_true", help=".npz: replace an earlier run's --output and its batches")
     args = parser.parse_args(argv)
+    if args.num_samples < 1 or args.batch_size < 1:
+        parser.error(f"--num-samples and --batch-size must be >= 1, got {args.num_samples} and {args.batch_size}")
+
+    from accelerate import PartialState
 
     from ..pipelines.schedulers import make_scheduler
     from ..training.labels import null_class_and_dropout
+    from ..training.loop import has_accelerator
 
     try:
         overrides = json.loads(args.model_overrides)
     except json.JSONDecodeError as error:
         parser.error(f"--model-overrides must be a JSON object, got {args.model_overrides!r} ({error})")
-    pipeline = load_pipeline(args.pipeline, args.model, overrides)
+    state = PartialState(cpu=not has_accelerator())  # gloo on a CPU machine, as training does
+    if args.model:
+        torch.manual_seed(args.seed)  # the same fresh weights in every process and every resumed run
+    pipeline = load_pipeline(args.pipeline, args.model, overrides).to(state.device)
     if args.compile:
         pipeline.transformer.compile()  # in place, as diffusers' ModelMixin.compile(); tests/test_compile.py
     if args.scheduler is not None:
@@ -127,13 +166,23 @@ def sample_main(argv=None):
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npz":
-        from ..eval.image_io import save_adm_npz
+        from .sharded_sampling import sample_to_npz
 
         labels = balanced_labels(args.num_samples, num_classes)
-        images = generate(pipeline, args.num_samples, args.seed, args.batch_size, labels, **call)
-        save_adm_npz(images, output, labels=labels)
-        print(f"wrote {len(images)} samples to {output} (labels i mod {num_classes}, seeds {args.seed}+i, "
-              f"{describe(args.scheduler, call)})")
+        check_call(pipeline, labels, call)  # before the run claims its output
+
+        def make_batch(start, stop):
+            batch_labels = None if labels is None else labels[start:stop]
+            return generate(pipeline, stop - start, args.seed + start, stop - start, batch_labels, progress=False, **call)
+
+        action, made = sample_to_npz(make_batch, output, run_arguments(args, pipeline, overrides, call, num_classes),
+                                  labels, state, resume=args.resume, overwrite=args.overwrite)
+        if state.num_processes > 1:
+            print(f"process {state.process_index}: sampled {made} of {args.num_samples}", file=sys.stderr)
+        if state.is_main_process:
+            done = "was already complete" if action == "complete" else f"written ({state.num_processes} process(es))"
+            print(f"{output}: {args.num_samples} samples {done} (labels i mod {num_classes}, seeds {args.seed}+i, "
+                  f"{describe(args.scheduler, call)})")
         return 0
     if args.labels:
         labels = [int(v) for v in args.labels.split(",")]
@@ -144,6 +193,7 @@ def sample_main(argv=None):
         labels, columns = None, 8
     n = len(labels) if labels is not None else 64
     images = generate(pipeline, n, args.seed, args.batch_size, labels, **call)
-    make_grid(images.astype(np.float32) / 255.0, columns).save(output)
-    print(f"wrote a {n}-sample grid to {output}")
+    if state.is_main_process:
+        make_grid(images.astype(np.float32) / 255.0, columns).save(output)
+        print(f"wrote a {n}-sample grid to {output}")
     return 0
