@@ -137,7 +137,7 @@ def test_video_pipeline_with_control_equals_the_base_at_init_and_round_trips(vid
     assert np.array_equal(sample(loaded, image=per_frame, guidance_scale=3.0), controlled)
 
 
-def test_video_pipeline_with_control_refuses_bad_conditions_and_windows(video_base):
+def test_video_pipeline_with_control_refuses_bad_conditions(video_base):
     pipe = VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(video_base.transformer,
                                                                                 conditioning_channels=1))
     pipe.set_progress_bar_config(disable=True)
@@ -147,12 +147,30 @@ def test_video_pipeline_with_control_refuses_bad_conditions_and_windows(video_ba
         sample(pipe, image=torch.rand(2, 3, 3, 8, 8))
     with pytest.raises(ValueError, match="one per frame"):
         sample(pipe, image=torch.rand(2, 1, 3, 8, 8), num_frames=4)
-    with pytest.raises(ValueError, match="whole clip in one pass"):
-        sample(pipe, image=torch.rand(1, 8, 8), num_frames=6, window_frames=4, window_overlap=2)
     with pytest.raises(ValueError, match="in_channels"):
         other = inflate(create_model("dic-tiny", in_channels=1, sample_size=8, **TINY["dic-tiny"]), to="video",
                         temporal=("p3d", "attention"), max_frames=4)
         VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(other))
+
+
+def test_video_control_over_overlapping_windows_cuts_the_conditions_and_counts_steps(video_base):
+    pipe = VideoControlNetPipeline.from_base(video_base, ControlNet.from_backbone(video_base.transformer,
+                                                                                conditioning_channels=1))
+    pipe.set_progress_bar_config(disable=True)
+    per_frame = torch.rand(1, 1, 6, 8, 8)  # 6 frames, the model takes 4: windows [0, 4) and [2, 6)
+    windows = dict(window_frames=4, window_overlap=2, guidance_scale=2.0)
+    expected = sample(video_base, num_frames=6, **windows)
+    assert np.array_equal(sample(pipe, image=per_frame, **windows), expected)  # identity at init, window by window
+    randomize_(pipe.controlnet, seed=7)
+    seen = []
+    pipe.controlnet.register_forward_pre_hook(lambda module, args: seen.append(args[2]))
+    assert not np.allclose(sample(pipe, image=per_frame, **windows), expected)
+    assert len(seen) == 3 * 2  # 3 steps x 2 windows (the CFG halves run in one call)
+    for condition, start in zip(seen[:2], (0, 2)):
+        assert torch.equal(condition, per_frame[:, :, start : start + 4].expand(4, -1, -1, -1, -1))
+    seen.clear()
+    sample(pipe, image=per_frame, control_guidance_start=0.5, **windows)
+    assert len(seen) == 2  # the last step only, once per window
 
 
 @pytest.mark.parametrize("view", ["attention", "two-stream"])

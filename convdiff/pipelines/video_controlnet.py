@@ -7,8 +7,8 @@ exactly the denoiser's input and keywords (CFG batch, timestamps, cameras) and a
 - shared by every frame: anything `ControlNetPipeline` takes (PIL, numpy, (C, H, W) / (N, C, H, W) tensors);
 - one per frame: a (N, C, F, H, W) tensor (video) or one per view-time cell, (N, C, V, T, H, W) (4D), in [0, 1];
   it also sets `num_frames` (and `num_views`) when they are not given.
-N is the batch or 1 (one for all samples). Sampling by overlapping windows (`window_frames`) is refused: the
-ControlNet sees the whole clip in one pass.
+N is the batch or 1 (one for all samples). With overlapping windows (`window_frames`, or more frames than the
+model's `max_frames`) the ControlNet runs on each window with its part of the per-frame conditions.
 """
 
 import inspect
@@ -18,14 +18,14 @@ import torch
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
 from .controlnet import ControlMixin, prepare_condition_image
-from .video import FourDPipeline, VideoPipeline
+from .video import FourDPipeline, VideoPipeline, window_starts
 
 RESIDUAL_KEYS = ("down_block_additional_residuals", "mid_block_additional_residual", "return_dict")
 
 
 class FramesControlMixin(ControlMixin):
     """`ControlMixin` for the frames pipelines: conditions per frame, every denoiser keyword for the copy,
-    guess-mode padding per stream, one pass over all frames."""
+    guess-mode padding per stream, per-frame conditions cut to each window."""
 
     grid_arguments = ("num_frames",)  # the call's arguments that size the grid axes of a per-frame condition
     model_cpu_offload_seq = "text_encoder->controlnet->transformer->vae"
@@ -104,11 +104,29 @@ class FramesControlMixin(ControlMixin):
         return torch.cat([rows, torch.zeros_like(rows)], dim=1).flatten(0, 1)
 
     def predict(self, latents, t, state):
-        if state.window is not None:
-            raise ValueError(f"A ControlNet sees the whole clip in one pass, but this call samples by windows of "
-                             f"{state.window} frames: sample at most the model's max_frames "
-                             f"({self.max_frames()}) frames and leave window_frames unset.")
-        return super().predict(latents, t, state)
+        """With overlapping windows the denoiser runs once per window in this step, in `window_starts` order:
+        the hook then cuts per-frame conditions to the window and counts the step once."""
+        control = getattr(self, "_control", None)
+        if state.window is None or control is None:
+            return super().predict(latents, t, state)
+        step = control["step"]
+        control["windows"] = iter(window_starts(latents.shape[-3], state.window, state.overlap))
+        control["window"] = state.window
+        try:
+            return super().predict(latents, t, state)
+        finally:
+            control["windows"], control["step"] = None, step + 1
+
+    def _add_control(self, module, args, kwargs):
+        control = self._control
+        if control.get("windows") is None:
+            return super()._add_control(module, args, kwargs)
+        start, images, step = next(control["windows"]), control["images"], control["step"]
+        control["images"] = [im.narrow(-3, start, control["window"]) if im.ndim > 4 else im for im in images]
+        try:
+            return super()._add_control(module, args, kwargs)
+        finally:
+            control["images"], control["step"] = images, step
 
 
 class VideoControlNetPipeline(FramesControlMixin, VideoPipeline):
