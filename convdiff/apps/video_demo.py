@@ -184,11 +184,18 @@ def video_demo_main(argv=None):
                         help="sampler (convdiff.pipelines.schedulers name); default: the pipeline's own, the training "
                              "DDPM (learned-range variance for learned sigma), which beats DDIM for the short CPU runs")
     parser.add_argument("--assets", help="also copy the GIFs / PNGs into this folder (e.g. docs/video)")
+    parser.add_argument("--i3d", metavar="FILE",
+                        help="I3D TorchScript (i3d_torchscript.pt, Kinetics-400) for FVD against held-out clips "
+                             "(video recipes); a TorchScript runs code: pass only a file you trust")
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     args = parser.parse_args(argv)
 
     config = load_config(args.config, args.overrides)
     output_dir = Path(config.output_dir)
+    if args.i3d and config.task_options.get("mode", "video") == "4d":
+        raise ValueError("--i3d (FVD) applies to video recipes; the 4D demo reports view-synthesis PSNR")
+    if args.i3d and not Path(args.i3d).is_file():  # before training, not after it
+        raise FileNotFoundError(f"I3D weights file not found: {args.i3d}")
     if args.pipeline:
         pipeline_dir = Path(args.pipeline)
     else:
@@ -208,10 +215,3 @@ def video_demo_main(argv=None):
         for path in sorted(output_dir.glob("*.gif")) + sorted(output_dir.glob("*.png")):
             shutil.copy(path, assets / path.name)
     return 0
-    parser.add_argument("--i3d", metavar="FILE",
-                        help="I3D TorchScript (i3d_torchscript.pt, Kinetics-400) for FVD against held-out clips "
-                             "(video recipes); a TorchScript runs code: pass only a file you trust")
-    if args.i3d and config.task_options.get("mode", "video") == "4d":
-        raise ValueError("--i3d (FVD) applies to video recipes; the 4D demo reports view-synthesis PSNR")
-    if args.i3d and not Path(args.i3d).is_file():  # before training, not after it
-        raise FileNotFoundError(f"I3D weights file not found: {args.i3d}")
