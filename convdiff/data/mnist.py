@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 HELD_OUT_PER_CLASS = 100
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # captions' words
 
 
 @functools.lru_cache(maxsize=1)

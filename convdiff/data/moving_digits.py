@@ -6,6 +6,10 @@ A digit moves in a straight line and bounces off the frame edges; its 28x28 box 
 `overshoot` pixels (MNIST digits have an empty 4-pixel border, so the ink stays in view). With the default
 28x28 frame a single digit wobbles around the centre, close to what an MNIST image model has seen, which
 is what an inflated `pipelines/dic-mnist` needs.
+
+`motion="directed"` is the captioned variant for text-to-video: every clip's digit moves in a straight line
+in one of four directions (left, right, up, down) across the whole free span without bouncing, and the
+item carries that direction, so a caption such as "a digit three moving right" describes the clip.
 """
 
 import numpy as np
@@ -14,11 +18,16 @@ import torch
 from .mnist import mnist_digits
 
 DIGIT = 28
+MOTIONS = ("bounce", "directed")
+DIRECTIONS = ("left", "right", "up", "down")
+# (row, column) step of each direction, in DIRECTIONS order
+DIRECTION_STEPS = ((0, -1), (0, 1), (-1, 0), (1, 0))
 
 
 class MovingDigits(torch.utils.data.Dataset):
     """Items (clip, label): clip float (1, num_frames, frame_size, frame_size) in [-1, 1] (background -1),
-    label = the class of the first digit (so a class-conditional video model can be trained on it).
+    label = the class of the first digit (so a class-conditional video model can be trained on it); with
+    motion="directed", (clip, label, direction) where direction indexes DIRECTIONS.
 
     Args:
         split: "train" (4,000 digits) or "heldout" (1,000), as in `MNISTDigits`.
@@ -30,13 +39,18 @@ class MovingDigits(torch.utils.data.Dataset):
         overshoot: how far a digit's 28x28 box may leave the frame (its blank border).
         seed: changes every clip.
         digits: optional (uint8 images (N, 28, 28), labels (N,)) to animate instead of the MNIST split.
+        motion: "bounce" (random velocity, reflected at the walls) or "directed" (one of DIRECTIONS, straight
+            across the free span at up to max_speed pixels per frame; the perpendicular position is random).
     """
 
     num_classes = 10
 
     def __init__(self, split: str = "train", num_frames: int = 8, frame_size: int = 28, num_digits: int = 1,
                  length: int = 10_000, max_speed: float = 1.5, overshoot: int = 4, seed: int = 0,
-                 digits: tuple | None = None):
+                 digits: tuple | None = None, motion: str = "bounce"):
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}.")
+        self.motion = motion
         if num_frames < 1 or num_digits < 1 or length < 1:
             raise ValueError(f"num_frames, num_digits and length must be positive; got {num_frames}, {num_digits}, {length}.")
         if frame_size < DIGIT - 2 * overshoot:
@@ -70,23 +84,42 @@ class MovingDigits(torch.utils.data.Dataset):
                     position[axis], velocity[axis] = 2 * high - position[axis], -velocity[axis]
         return np.rint(path).astype(int)
 
+    def directed_trajectory(self, rng: np.random.Generator, direction: int) -> np.ndarray:
+        """(num_frames, 2) positions moving straight in DIRECTIONS[direction], from one side of the free span."""
+        low, high = -self.overshoot, self.frame_size - DIGIT + self.overshoot
+        step = np.array(DIRECTION_STEPS[direction], dtype=float)
+        speed = min(self.max_speed, (high - low) / max(self.num_frames - 1, 1))
+        travel = speed * (self.num_frames - 1)
+        along = rng.uniform(low, high - travel)  # where on the span the straight run starts
+        across = rng.uniform(low, high)
+        axis = int(np.flatnonzero(step)[0])
+        start = np.empty(2)
+        start[axis] = along if step[axis] > 0 else high - (along - low)
+        start[1 - axis] = across
+        path = start + np.arange(self.num_frames)[:, None] * speed * step
+        return np.rint(path).astype(int)
+
     def clip_uint8(self, index: int):
-        """(frames uint8 (num_frames, frame_size, frame_size), label) of clip `index`."""
+        """(frames uint8 (num_frames, frame_size, frame_size), label) of clip `index`; with motion="directed",
+        (frames, label, direction)."""
         if not 0 <= index < self.length:
             raise IndexError(f"clip index {index} out of range for {self.length} clips.")
         rng = np.random.default_rng([self.seed, index])
         frames = np.zeros((self.num_frames, self.frame_size, self.frame_size), dtype=np.uint8)
         picks = rng.integers(0, len(self.images), size=self.num_digits)
+        direction = int(rng.integers(0, len(DIRECTIONS))) if self.motion == "directed" else None
         for pick in picks:
             digit = self.images[pick]
-            for f, (y, x) in enumerate(self.trajectory(rng)):
+            path = self.trajectory(rng) if direction is None else self.directed_trajectory(rng, direction)
+            for f, (y, x) in enumerate(path):
                 paste_max(frames[f], digit, y, x)
-        return frames, int(self.labels[picks[0]])
+        label = int(self.labels[picks[0]])
+        return (frames, label) if direction is None else (frames, label, direction)
 
     def __getitem__(self, index):
-        frames, label = self.clip_uint8(int(index))
+        frames, *labels = self.clip_uint8(int(index))
         clip = torch.from_numpy(frames).float().div(127.5).sub(1.0)[None]
-        return clip, label
+        return (clip, *labels)
 
 
 def paste_max(canvas: np.ndarray, patch: np.ndarray, y: int, x: int) -> None:

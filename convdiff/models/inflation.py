@@ -9,7 +9,7 @@ plan, options, context)` then rewrites the backbone, without touching its code:
 - with temporal="p3d", every 3x3 conv inside those blocks becomes a `P3DConv` (1x3x3 spatial + 3x1x1
   temporal, placements A / B / C, cycled A -> B -> C with "mixed" as in P3D ResNet); a block with no 3x3
   conv gets a residual temporal conv after it instead;
-- every timestep embedder gets a zero-initialised camera / timestamp embedding added to its output.
+- every timestep embedder gets a zero-initialised camera / timestamp / text embedding added to its output.
 Each new layer starts as the identity. `InflationOptions` is the design of the new layers; the inflated
 models that own the rewritten backbone are in video.py, and the grid sizes reach the inserted layers through
 their shared `GridContext`.
@@ -56,7 +56,8 @@ class InflationOptions:
     temporal: "p3d", "attention" or both; view: None for a video model, else the 4D design "attention"
     (sequential temporal -> view attention, view_scope "frame" or "pixel"), "two-stream" (sync "soft" or
     "hard") or "fused"; p3d_variant: "A", "B", "C" or "mixed"; camera_dim: size of a camera vector (None: no
-    cameras); time_conditioning: embed frame times; max_frames / max_views: position-embedding lengths.
+    cameras); time_conditioning: embed frame times; text_dim: size of a clip's pooled text embedding (None: no
+    text); max_frames / max_views: position-embedding lengths.
     """
 
     temporal: tuple = ("attention",)
@@ -66,6 +67,7 @@ class InflationOptions:
     p3d_variant: str = "mixed"
     camera_dim: int | None = None
     time_conditioning: bool = True
+    text_dim: int | None = None
     max_frames: int = 16
     max_views: int | None = None
     attention_head_dim: int = 64
@@ -138,7 +140,7 @@ class SpatioTemporalBlock(nn.Module):
 
 
 class FrameConditionedTimestepEmbedding(nn.Module):
-    """A backbone's timestep embedder plus the per-frame camera / timestamp embedding (zero at init)."""
+    """A backbone's timestep embedder plus the per-frame camera / timestamp / text embedding (zero at init)."""
 
     def __init__(self, embedder: nn.Module, frame_embedding: FrameConditionEmbedding, context: GridContext):
         super().__init__()
@@ -150,7 +152,7 @@ class FrameConditionedTimestepEmbedding(nn.Module):
         out = self.embedder(*args, **kwargs)
         if self.context.grid is None:  # the backbone run on its own, on images
             return out
-        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps)
+        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps, self.context.frame_text)
         if extra.shape[0] != out.shape[0]:
             raise ValueError(f"the timestep embedder produced {out.shape[0]} rows for {extra.shape[0]} frames; "
                              f"call the inflated model, not its 2D backbone, on video input.")
@@ -271,9 +273,10 @@ def normalize_temporal(temporal) -> list:
 def inflate_modules(base: nn.Module, plan: dict, options: InflationOptions, context: GridContext) -> None:
     """Rewrite `base` in place after `plan`: frame conditioning on its timestep embedders, then temporal /
     view / sync layers (and P3D convs) on its blocks, all reading the grid from `context`."""
-    if options.camera_dim or options.time_conditioning:
+    if options.camera_dim or options.time_conditioning or options.text_dim:
         for name, width in plan["timestep_embedders"]:
-            frame_embedding = FrameConditionEmbedding(width, options.camera_dim, timestamps=options.time_conditioning)
+            frame_embedding = FrameConditionEmbedding(width, options.camera_dim, timestamps=options.time_conditioning,
+                                                      text_dim=options.text_dim)
             base.set_submodule(name, FrameConditionedTimestepEmbedding(base.get_submodule(name), frame_embedding,
                                                                        context))
     p3d_count = 0

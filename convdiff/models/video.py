@@ -164,22 +164,36 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
                              f"got {tuple(timestamps.shape)}.")
         return timestamps[:, None, :].expand(-1, grid.views, -1).reshape(-1)
 
+    def _conditioning_vectors(self, values, size_key: str, what: str, name: str, dims: str, expected: tuple,
+                              hint: str, device):
+        """A per-video conditioning input checked against the model's `size_key` (None: the model has none)."""
+        size = self.config.get(size_key)
+        if not size:
+            if values is not None:
+                raise ValueError(f"this model has no {what} conditioning ({size_key}=None): pass {name}=None, or "
+                                 f"inflate with {size_key}=<{hint}>.")
+            return None
+        if values is None:
+            raise ValueError(f"this model was inflated with {size_key}={size} and needs {name} of shape "
+                             f"{dims.replace(size_key, str(size))} = {expected}.")
+        values = torch.as_tensor(values, device=device)
+        if tuple(values.shape) != expected:
+            raise ValueError(f"{name} must have shape {dims} = {expected}, got {tuple(values.shape)}.")
+        return values
+
     def _frame_cameras(self, cameras, grid: Grid, device):
         """(B, V, camera_dim) cameras -> (B*V*T, camera_dim) per frame."""
-        camera_dim = self.config.get("camera_dim")
-        if not camera_dim:
-            if cameras is not None:
-                raise ValueError("this model has no camera conditioning (camera_dim=None): pass cameras=None, or "
-                                 "inflate with camera_dim=<size of one camera vector>.")
-            return None
-        if cameras is None:
-            raise ValueError(f"this model was inflated with camera_dim={camera_dim} and needs cameras of shape "
-                             f"(batch, views, {camera_dim}) = ({grid.batch}, {grid.views}, {camera_dim}).")
-        cameras = torch.as_tensor(cameras, device=device)
-        if tuple(cameras.shape) != (grid.batch, grid.views, camera_dim):
-            raise ValueError(f"cameras must have shape (batch, views, camera_dim) = ({grid.batch}, {grid.views}, "
-                             f"{camera_dim}), got {tuple(cameras.shape)}.")
-        return cameras[:, :, None, :].expand(-1, -1, grid.frames, -1).reshape(-1, camera_dim)
+        dim = self.config.get("camera_dim")
+        cameras = self._conditioning_vectors(cameras, "camera_dim", "camera", "cameras", "(batch, views, camera_dim)",
+                                             (grid.batch, grid.views, dim), "size of one camera vector", device)
+        return None if cameras is None else cameras[:, :, None, :].expand(-1, -1, grid.frames, -1).reshape(-1, dim)
+
+    def _frame_text(self, text_embeds, grid: Grid, device):
+        """(B, text_dim) pooled prompt embeddings (the empty prompt's for unconditional samples) -> (B*V*T, text_dim)."""
+        text = self._conditioning_vectors(text_embeds, "text_dim", "text", "text_embeds", "(batch, text_dim)",
+                                          (grid.batch, self.config.get("text_dim")), "the text encoder's pooled size",
+                                          device)
+        return None if text is None else text.repeat_interleave(grid.views * grid.frames, dim=0)
 
     def _inputs(self, hidden_states, dims: int, what: str, fix: str) -> list:
         """The input as a list of tensors (one per scale, top first, for a multi-scale backbone), checked."""
@@ -200,9 +214,20 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
             return (outputs[0],) if scales is None else (outputs[0], scales)
         return InflatedModelOutput(sample=outputs[0], scales=scales)
 
+    def _known_frames(self, known_cells, grid: Grid, device):
+        """(B, V, T) bool cells (or (B, F) for a video) -> (B*V*T,) per frame, in the (b, v, t) frame order."""
+        known = torch.as_tensor(known_cells, device=device).bool()
+        if known.dim() == 2 and grid.views == 1:
+            known = known[:, None]
+        if tuple(known.shape) != (grid.batch, grid.views, grid.frames):
+            raise ValueError(f"known_cells must be a bool tensor of shape (batch, views, frames) = ({grid.batch}, "
+                             f"{grid.views}, {grid.frames}) (or (batch, frames) for a video), got {tuple(known.shape)}.")
+        return known.reshape(-1)
+
     def _run(self, grid_inputs: list, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs,
-             call=None):
+             text_embeds=None, known_cells=None, call=None):
         """(B, C, V, T, H, W) grids (one per scale) -> the backbone's per-frame predictions as grids.
+        `known_cells` marks frames given clean (conditioning frames): they are embedded at timestep 0.
         `call` replaces `call_backbone` (video_control.py: a ControlNet copy's encoder) and its per-frame
         output is returned as it is."""
         batch, channels, views, frames = grid_inputs[0].shape[:4]
@@ -226,6 +251,7 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
             force_drop_ids = self._per_video(force_drop_ids, batch, "force_drop_ids", device)
         frame_timestamps = self._frame_timestamps(timestamps, grid, device)
         frame_cameras = self._frame_cameras(cameras, grid, device)
+        frame_text = self._frame_text(text_embeds, grid, device)
 
         streams = 2 if self.two_stream else 1
 
@@ -233,6 +259,9 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
             return None if t is None else t.repeat_interleave(per_video, dim=0).repeat(streams, *([1] * (t.dim() - 1)))
 
         frame_timesteps = timesteps.repeat_interleave(per_video)
+        if known_cells is not None:  # a per-frame noise level tells the model which frames are the given ones
+            known = self._known_frames(known_cells, grid, device)
+            frame_timesteps = torch.where(known, torch.zeros_like(frame_timesteps), frame_timesteps)
         extra = {k: per_frame(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch else v
                  for k, v in base_kwargs.items()}
         frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
@@ -240,7 +269,8 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
                 grid, self.two_stream,
                 sync_condition=self.sync_embedding(frame_timesteps) if self.two_stream else None,
                 frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
-                frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams)):
+                frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams),
+                frame_text=None if frame_text is None else frame_text.repeat(streams, 1)):
             outputs = (call or call_backbone)(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
                                               frame_timesteps.repeat(streams), per_frame(labels),
                                               per_frame(force_drop_ids), **extra)
@@ -266,24 +296,27 @@ class InflatedVideoModel(_InflatedModel):
         attention_head_dim: int = 64,
         freeze_spatial: bool = False,
         plan: dict | None = None,
+        text_dim: int | None = None,
         # mirrored from the 2D model's config at build time (inputs are ignored)
         sample_size=None, in_channels=None, out_channels=None, learn_sigma=None, num_classes=None,
         class_dropout_prob=None, prediction_type=None,
     ):
         super().__init__()
         options = InflationOptions(temporal=temporal, p3d_variant=p3d_variant, time_conditioning=time_conditioning,
-                                   max_frames=max_frames, attention_head_dim=attention_head_dim)
+                                   max_frames=max_frames, attention_head_dim=attention_head_dim, text_dim=text_dim)
         self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, timestamps=None, force_drop_ids=None,
-                return_dict: bool = True, **base_kwargs):
+                return_dict: bool = True, text_embeds=None, known_cells=None, **base_kwargs):
         """hidden_states (B, C, F, H, W) (a list of them, top first, for a multi-scale backbone); timestep scalar
-        or (B,); class_labels (B,); timestamps (B, F) or None (frame indices). Extra keyword tensors with a leading
+        or (B,); class_labels (B,); timestamps (B, F) or None (frame indices); text_embeds (B, text_dim) pooled
+        prompt embeddings when the model has text_dim; known_cells (B, F) bool: frames given clean, embedded at
+        timestep 0. Extra keyword tensors with a leading
         batch axis (e.g. encoder_hidden_states) are repeated per frame and passed to the 2D backbone."""
         videos = self._inputs(hidden_states, 5, "a video (batch, channels, frames, height, width)",
                               "add a frame axis to images with x[:, :, None]")
         outputs = self._run([video_to_grid(x) for x in videos], timestep, class_labels, None, timestamps,
-                            force_drop_ids, base_kwargs)
+                            force_drop_ids, base_kwargs, text_embeds, known_cells)
         return self._output([grid_to_video(out) for out in outputs], return_dict)
 
 
@@ -308,35 +341,40 @@ class InflatedFourDModel(_InflatedModel):
         attention_head_dim: int = 64,
         freeze_spatial: bool = False,
         plan: dict | None = None,
+        text_dim: int | None = None,
         sample_size=None, in_channels=None, out_channels=None, learn_sigma=None, num_classes=None,
         class_dropout_prob=None, prediction_type=None,
     ):
         super().__init__()
         options = InflationOptions(temporal=temporal, view=view, view_scope=view_scope, sync=sync,
                                    p3d_variant=p3d_variant, camera_dim=camera_dim, time_conditioning=time_conditioning,
-                                   max_frames=max_frames, max_views=max_views, attention_head_dim=attention_head_dim)
+                                   max_frames=max_frames, max_views=max_views, attention_head_dim=attention_head_dim,
+                                   text_dim=text_dim)
         self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, cameras=None, timestamps=None, force_drop_ids=None,
-                return_dict: bool = True, **base_kwargs):
+                return_dict: bool = True, text_embeds=None, known_cells=None, **base_kwargs):
         """hidden_states (B, C, V, T, H, W); cameras (B, V, camera_dim) when the model has camera_dim;
-        timestamps (B, T) or None (frame indices)."""
+        timestamps (B, T) or None (frame indices); text_embeds (B, text_dim) when the model has text_dim;
+        known_cells (B, V, T) bool: cells given clean (e.g. view 0's video), embedded at timestep 0."""
         grids = self._inputs(hidden_states, 6, "a grid (batch, channels, views, frames, height, width)",
                              "for a single-view video add a view axis with x[:, :, None]")
-        outputs = self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs)
+        outputs = self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs, text_embeds,
+                            known_cells)
         return self._output(outputs, return_dict)
 
 
 def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "attention",
             view_scope: str = "frame", sync: str = "soft", p3d_variant: str = "mixed", camera_dim: int | None = None,
             time_conditioning: bool = True, max_frames: int = 16, max_views: int = 8, attention_head_dim: int = 64,
-            freeze_spatial: bool = False) -> _InflatedModel:
+            freeze_spatial: bool = False, text_dim: int | None = None) -> _InflatedModel:
     """Inflate a 2D convdiff model into a video (to="video") or 4D (to="4d") model that reuses its weights.
 
     temporal: "p3d", "attention" or both (default "attention"); view (4D): "attention" (sequential temporal -> view attention,
     view_scope "frame" or "pixel"), "two-stream" (4Real-Video, sync "soft" or "hard") or "fused"
     (4Real-Video-V2 masked attention); camera_dim: size of the per-view camera vector (None: no cameras);
-    freeze_spatial: train only the new layers. Passing an inflated video model with to="4d" keeps its
+    text_dim: size of a clip's pooled text embedding (e.g. CLIP's `pooler_output`) for text-conditioned video
+    (None: no text); freeze_spatial: train only the new layers. Passing an inflated video model with to="4d" keeps its
     backbone and trained temporal layers (temporal, p3d_variant, time_conditioning, attention_head_dim and
     max_frames are taken from it); the new view / sync / camera layers start as the identity.
     """
@@ -346,9 +384,10 @@ def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "att
         video = model.config
         temporal, p3d_variant, time_conditioning = video.temporal, video.p3d_variant, video.time_conditioning
         attention_head_dim, max_frames = video.attention_head_dim, video.max_frames
+        text_dim = video.get("text_dim")
     options = dict(temporal=normalize_temporal(("attention",) if temporal is None else temporal), p3d_variant=p3d_variant,
                    time_conditioning=time_conditioning, max_frames=max_frames,
-                   attention_head_dim=attention_head_dim, freeze_spatial=freeze_spatial)
+                   attention_head_dim=attention_head_dim, freeze_spatial=freeze_spatial, text_dim=text_dim)
     if to == "4d":
         options.update(view=view, view_scope=view_scope, sync=sync, camera_dim=camera_dim, max_views=max_views)
     if isinstance(model, _InflatedModel):

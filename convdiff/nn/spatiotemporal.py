@@ -42,15 +42,15 @@ class GridContext:
 
     grid: sizes of the (batch, views, frames) grid folded into the frame axis; two_stream: the frame axis
     holds two copies of the grid (view stream first, time stream second); sync_condition: (frames of one
-    stream, D) noise-level features for the sync layers; frame_cameras / frame_timestamps: per-frame camera
-    parameters and times for the timestep-embedding conditioning. With no grid set, every frame is its own
+    stream, D) noise-level features for the sync layers; frame_cameras / frame_timestamps / frame_text:
+    per-frame camera parameters, times and text embeddings for the timestep-embedding conditioning. With no grid set, every frame is its own
     one-frame video, so the backbone can still be run on plain images.
 
     The inflated model sets it for one forward pass only (`scope`), and a checkpointed block recomputed in
     the backward pass sees the context of its forward (`checkpointed`).
     """
 
-    FIELDS = ("grid", "two_stream", "sync_condition", "frame_cameras", "frame_timestamps")
+    FIELDS = ("grid", "two_stream", "sync_condition", "frame_cameras", "frame_timestamps", "frame_text")
 
     def __init__(self):
         self.grid: Grid | None = None
@@ -58,17 +58,18 @@ class GridContext:
         self.sync_condition = None
         self.frame_cameras = None
         self.frame_timestamps = None
+        self.frame_text = None
 
     def state(self) -> tuple:
         return tuple(getattr(self, name) for name in self.FIELDS)
 
     @contextmanager
     def scope(self, grid: Grid | None = None, two_stream: bool = False, sync_condition=None, frame_cameras=None,
-              frame_timestamps=None):
+              frame_timestamps=None, frame_text=None):
         """The context of one forward pass; the previous one (normally empty) is back afterwards, even on error."""
         saved = self.state()
         self.grid, self.two_stream, self.sync_condition = grid, two_stream, sync_condition
-        self.frame_cameras, self.frame_timestamps = frame_cameras, frame_timestamps
+        self.frame_cameras, self.frame_timestamps, self.frame_text = frame_cameras, frame_timestamps, frame_text
         try:
             yield self
         finally:

@@ -244,7 +244,8 @@ class ClassConditionalPipeline(DenoisingPipeline):
             if state.null_id is None:  # a callback raised the guidance scale of a model without a null class
                 raise ValueError("Classifier-free guidance needs a model with a null class; use guidance_scale=1.")
             labels = torch.cat([labels, torch.full_like(labels, state.null_id)])
-        kwargs = {k: (torch.cat([v, v]) if guided and v is not None else v) for k, v in state.model_kwargs.items()}
+        kwargs = {k: (torch.cat([v, state.unconditional_kwargs.get(k, v)]) if guided and v is not None else v)
+                  for k, v in state.model_kwargs.items()}
         timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
         timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
         return self.transformer(model_input, timesteps, class_labels=labels, return_dict=False, **kwargs)[0]

@@ -37,6 +37,8 @@ class SamplingState:
     shape: the latents' shape; labels: class ids on `device` (or None), `null_id` the unconditional class;
     guidance_channels: how many channels classifier-free guidance mixes (None: all); model_kwargs: extra
     batch-first keyword tensors for the denoiser (doubled for the guidance batch by `run_denoiser`);
+    unconditional_kwargs: the values some of them take in the unconditional half (a negative prompt's
+    embedding), where they differ from the conditional ones;
     step_kwargs: keywords for `scheduler.step` (None: the generator, when the scheduler takes one).
     """
 
@@ -49,6 +51,7 @@ class SamplingState:
     guidance_channels: int | None = None
     guidance_schedule: GuidanceSchedule = "constant"
     model_kwargs: dict = field(default_factory=dict)
+    unconditional_kwargs: dict = field(default_factory=dict)
     step_kwargs: dict | None = None
 
 

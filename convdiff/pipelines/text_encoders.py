@@ -43,6 +43,17 @@ def tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, num_heads: int
     return tokenizer, encoder.eval()
 
 
+def frozen_text_encoder(source: str = "tiny", hidden_size: int = 32, seed: int = 0) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """A training recipe's `task_options.text_encoder`: "tiny" (random tiny CLIP from `seed`) or a local folder;
+    frozen, since the recipes train the denoiser only."""
+    if source == "tiny":
+        tokenizer, encoder = tiny_text_encoder(hidden_size=hidden_size, seed=seed)
+    else:
+        tokenizer, encoder = load_text_encoder(source)
+    encoder.requires_grad_(False)
+    return tokenizer, encoder
+
+
 def load_text_encoder(path) -> tuple[CLIPTokenizer, CLIPTextModel]:
     """Tokenizer and CLIPTextModel from a local folder (see the module docstring for the layouts)."""
     path = Path(path)
@@ -56,9 +67,19 @@ def load_text_encoder(path) -> tuple[CLIPTokenizer, CLIPTextModel]:
     return tokenizer, encoder.eval()
 
 
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], device=None) -> torch.Tensor:
-    """The encoder's last hidden states (N, tokens, hidden) for prompts padded to the tokenizer's max length."""
+def run_text_encoder(tokenizer, text_encoder, prompts: list[str], device=None):
+    """The text encoder's output for prompts padded to the tokenizer's max length."""
     tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
-    device = device or text_encoder.device
-    return text_encoder(tokens.input_ids.to(device))[0]
+    return text_encoder(tokens.input_ids.to(device or text_encoder.device))
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device=None) -> torch.Tensor:
+    """The encoder's last hidden states (N, tokens, hidden), what cross-attention takes."""
+    return run_text_encoder(tokenizer, text_encoder, prompts, device)[0]
+
+
+def encode_pooled(tokenizer, text_encoder, prompts: list[str], device=None) -> torch.Tensor:
+    """The encoder's pooled output (N, hidden): CLIP's final-norm state at the end-of-text token, one vector per
+    prompt (what a video model conditioned on a global text embedding takes)."""
+    return run_text_encoder(tokenizer, text_encoder, prompts, device).pooler_output

@@ -7,12 +7,17 @@ on top they add:
 
 - first-frame conditioning (video) and first-view / first-timestamp conditioning (4D): the known cells are
   replaced, before every model call, by the clean frames noised to the current level with one fixed noise
-  draw (the "replacement" method of video diffusion), and set to the clean frames at the end;
+  draw (the "replacement" method of video diffusion), and set to the clean frames at the end; or, for a 4D
+  model trained with its first view given clean (`first_view_mode="clean"`, saved with the pipeline), given
+  clean at every step and flagged as known (`known_cells`: the model embeds them at timestep 0);
 - `shared_noise` in [0, 1]: the fraction of the starting noise's variance shared by every frame
   (PYoCo's mixed noise; 0 = independent frames, 1 = identical starting noise);
 - long videos by overlapping windows: with `window_frames` < the number of frames, every step runs the model
   on windows of `window_frames` frames overlapping by `window_overlap`, and blends their predictions with
   weights that ramp linearly across each overlap, so the clip stays one coherent sample;
+- text prompts (`prompt=`, `negative_prompt=`) for a model inflated with `text_dim`: a local CLIP text
+  encoder (`text_encoder`, `tokenizer` components) gives each clip's pooled prompt embedding, and
+  classifier-free guidance runs against the negative prompt's (default "");
 - outputs: "np" (B, F, H, W, C) / (B, V, T, H, W, C) floats in [0, 1], "pt" (B, F, C, H, W) /
   (B, V, T, C, H, W), "pil" (per sample a list of frames / a list per view of frames), "latent".
 
@@ -34,6 +39,7 @@ from .arguments import check_sampling_arguments
 from .class_conditional import ClassConditionalPipeline
 from .denoising import SamplingState
 from .guidance import GuidanceSchedule, check_schedule
+from .text_encoders import encode_pooled
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -52,6 +58,16 @@ class FourDPipelineOutput(BaseOutput):
     frame lists, or the latents (B, C, V, T, H, W)."""
 
     frames: object
+
+
+FIRST_VIEW_MODES = ("replace", "clean")
+
+
+def check_first_view_mode(mode: str) -> str:
+    if mode not in FIRST_VIEW_MODES:
+        raise ValueError(f"first_view_mode must be one of {FIRST_VIEW_MODES} ('clean' for a model trained with the "
+                         f"known view given clean), got {mode!r}.")
+    return mode
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
@@ -84,6 +100,7 @@ class FramesState(SamplingState):
     window: int | None = None
     overlap: int = 0
     time_kwargs: tuple = ("timestamps",)
+    clean_known: bool = False  # first_view_mode="clean": known cells go in clean, not noised
 
 
 class _FramesPipeline(ClassConditionalPipeline):
@@ -92,6 +109,58 @@ class _FramesPipeline(ClassConditionalPipeline):
 
     grid_name = "frames"
     state_class = FramesState
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
+
+    def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
+                 id2label: dict | None = None, text_encoder=None, tokenizer=None):
+        super().__init__(transformer, scheduler, vae=vae, id2label=id2label)
+        self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
+
+    # ---- text ---------------------------------------------------------------------------------------------
+    def prompt_batch(self, prompt, negative_prompt, class_labels, batch_size):
+        """(prompts, negative prompts, class labels, batch size) for a text-conditioned model: one prompt per clip
+        (a single one is repeated), negatives default to "", and a class-conditional backbone gets its null class
+        unless class_labels are given."""
+        text_dim = self.transformer.config.get("text_dim")
+        if not text_dim:
+            if prompt is not None or negative_prompt is not None:
+                raise ValueError("this video model has no text conditioning (text_dim=None): drop prompt / "
+                                 "negative_prompt, or train a model inflated with text_dim (task_options.conditioning=text).")
+            return None, None, class_labels, batch_size
+        if prompt is None:
+            raise ValueError("this video model is text-conditioned: pass prompt (a string or one string per video).")
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline has no text_encoder / tokenizer to encode the prompt; build it with "
+                             "text_encoder=CLIPTextModel and tokenizer=CLIPTokenizer (a local folder: "
+                             "convdiff.pipelines.text_encoders.load_text_encoder).")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt or ""] if negative_prompt is None or isinstance(negative_prompt, str) \
+            else list(negative_prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts + negatives):
+            raise ValueError(f"prompt and negative_prompt must be strings or lists of strings, got {prompt!r}, "
+                             f"{negative_prompt!r}.")
+        batch = int(batch_size) if batch_size is not None else len(prompts)
+        for name, items in (("prompt", prompts), ("negative_prompt", negatives)):
+            if len(items) not in (1, batch):
+                raise ValueError(f"{name} has {len(items)} entries for a batch of {batch}: give one per video or one.")
+        prompts, negatives = prompts * (batch // len(prompts)), negatives * (batch // len(negatives))
+        num_classes, null_id = class_info(self.transformer.config)
+        if num_classes and class_labels is None:
+            if null_id is None:
+                raise ValueError("the backbone is class-conditional without a null class: pass class_labels too.")
+            class_labels = [null_id] * batch
+        return prompts, negatives, class_labels, batch
+
+    def text_kwargs(self, prompts, negatives, guidance_scale):
+        """({"text_embeds": (B, D)}, the unconditional half's) from the prompts' pooled embeddings."""
+        if prompts is None:
+            return {}, {}
+        device = self._execution_device
+        embeds = encode_pooled(self.tokenizer, self.text_encoder, prompts, device)
+        if guidance_scale <= 1:
+            return {"text_embeds": embeds}, {}
+        return {"text_embeds": embeds}, {"text_embeds": encode_pooled(self.tokenizer, self.text_encoder, negatives, device)}
 
     # ---- shapes -------------------------------------------------------------------------------------------
     def max_frames(self) -> int | None:
@@ -150,10 +219,21 @@ class _FramesPipeline(ClassConditionalPipeline):
                          "be conditioned on; use a DDPM/DDIM/Euler/DPM-Solver or flow-matching scheduler.")
 
     def before_step(self, latents, t, state: FramesState):
-        """Known frames replaced by their clean latents noised to this step's level (the "replacement" method)."""
+        """Known frames replaced by their clean latents noised to this step's level (the "replacement" method),
+        or by the clean latents themselves for a model trained with them clean (`state.clean_known`)."""
         if state.known is None:
             return latents
+        if state.clean_known:
+            return torch.where(state.known_mask, self.unscaled_known(state.known, t), latents)
         return torch.where(state.known_mask, self.noised_known(state.known, state.known_noise, t), latents)
+
+    def unscaled_known(self, known, t):
+        """Clean known latents divided by the sampler's input scaling, so that the model sees them clean after
+        `scale_model_input` (1 for DDPM / DDIM / flow; 1/sqrt(sigma^2 + 1) for Euler-type samplers)."""
+        if not hasattr(self.scheduler, "scale_model_input"):
+            return known
+        ones = torch.ones(1, device=known.device, dtype=known.dtype)
+        return known / self.scheduler.scale_model_input(ones, t)
 
     def finish(self, latents, state: FramesState):
         return latents if state.known is None else torch.where(state.known_mask, state.known, latents)
@@ -275,6 +355,8 @@ class VideoPipeline(_FramesPipeline):
         self,
         class_labels: int | list[int] | torch.Tensor | None = None,
         num_frames: int | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         guidance_channels: int | None = None,
@@ -298,6 +380,9 @@ class VideoPipeline(_FramesPipeline):
 
         Args:
             class_labels / batch_size / guidance_*: as in `ClassConditionalPipeline`.
+            prompt, negative_prompt: for a text-conditioned model (inflated with text_dim), one prompt per video
+                or one for all; guidance runs against negative_prompt (default ""). A class-conditional backbone
+                then gets its null class unless class_labels are given.
             num_frames: frames per video (default: from `latents`, else the model's max_frames, else 16). More than the model's
                 max_frames (or than `window_frames`) samples by overlapping windows.
             first_frame: optional (B, C, H, W) or (C, H, W) frame in [-1, 1] that the video starts from.
@@ -306,8 +391,10 @@ class VideoPipeline(_FramesPipeline):
             window_frames, window_overlap: window length and overlap for long videos.
             output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
         """
+        prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)
+        text, unconditional_text = self.text_kwargs(prompts, negatives, guidance_scale)
         if num_frames is None and torch.is_tensor(latents) and latents.ndim == 5:
             num_frames = latents.shape[2]
         num_frames = int(num_frames or self.max_frames() or 16)
@@ -325,9 +412,9 @@ class VideoPipeline(_FramesPipeline):
         timestamps = self.batch_timestamps(timestamps, batch, num_frames)
         extra = {} if timestamps is None else {"timestamps": timestamps}
 
-        state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, extra,
-                                      shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
-                                    overlap=window_overlap)
+        state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, {**extra, **text},
+                                    shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
+                                    overlap=window_overlap, unconditional_kwargs=unconditional_text)
         latents = self.sample_frames(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
                                      callback_on_step_end_tensor_inputs)
         frames = self.to_output(latents, output_type)
@@ -340,9 +427,20 @@ class FourDPipeline(_FramesPipeline):
 
     Cameras (B, V, camera_dim) (or (V, camera_dim) for the whole batch) are required when the model was
     built with `camera_dim`; timestamps (B, T) or (T,) are optional.
+
+    first_view_mode (saved in model_index.json): how the known cells (`first_view`, `first_frame`) enter the
+    model. "replace": noised to every step's level (the replacement method, for any model); "clean": given
+    clean at every step and flagged as known (`known_cells`, embedded at timestep 0), for a model trained
+    that way (`task_options.first_view_prob` of the video task).
     """
 
     grid_name = "grid"
+
+    def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
+                 id2label: dict | None = None, text_encoder=None, tokenizer=None, first_view_mode: str = "replace"):
+        super().__init__(transformer, scheduler, vae=vae, id2label=id2label, text_encoder=text_encoder,
+                         tokenizer=tokenizer)
+        self.register_to_config(first_view_mode=check_first_view_mode(first_view_mode))
 
     # The video pipeline's argument list again, plus views and cameras: each __call__ signature is public API.
     @torch.no_grad()
@@ -353,6 +451,8 @@ class FourDPipeline(_FramesPipeline):
         num_frames: int | None = None,
         cameras: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         guidance_channels: int | None = None,
@@ -371,6 +471,7 @@ class FourDPipeline(_FramesPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
         batch_size: int | None = None,
+        first_view_mode: str | None = None,
     ) -> FourDPipelineOutput | tuple:
         r"""Generate 4D grids.
 
@@ -383,10 +484,13 @@ class FourDPipeline(_FramesPipeline):
             first_frame: optional clean images of every view at time 0, (B, C, V, H, W) or (C, V, H, W)
                 (the "freeze-time video"): the later timestamps are generated from it.
             shared_noise: fraction of the noise variance shared across the timestamps of each view.
-            Other arguments as in `VideoPipeline`.
+            first_view_mode: "replace" or "clean" (see the class); None: the pipeline's saved mode.
+            Other arguments (prompt and negative_prompt included) as in `VideoPipeline`.
         """
+        prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)
+        text, unconditional_text = self.text_kwargs(prompts, negatives, guidance_scale)
         camera_dim = self.transformer.config.get("camera_dim")
         if cameras is not None:
             cameras = torch.as_tensor(cameras, dtype=torch.float32)
@@ -420,11 +524,15 @@ class FourDPipeline(_FramesPipeline):
                 views = self.clean_frames(first_frame, "first_frame", (batch, channels, num_views, height, width))
                 known[:, :, :, 0] = views
                 known_mask[:, :, :, 0] = True
-        extra = {"cameras": cameras, "timestamps": self.batch_timestamps(timestamps, batch, num_frames)}
+        extra = {"cameras": cameras, "timestamps": self.batch_timestamps(timestamps, batch, num_frames), **text}
+        clean = known is not None and check_first_view_mode(first_view_mode or self.config.first_view_mode) == "clean"
+        if clean:  # flag the given cells, which the model then embeds at timestep 0 (as in training)
+            extra["known_cells"] = known_mask[0, 0, :, :, 0, 0].expand(batch, num_views, num_frames)
 
         state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, extra,
-                                      shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
-                                    overlap=window_overlap)
+                                    shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
+                                    overlap=window_overlap, unconditional_kwargs=unconditional_text,
+                                    clean_known=clean, time_kwargs=("timestamps", "known_cells"))
         latents = self.sample_frames(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
                                      callback_on_step_end_tensor_inputs)
         frames = self.to_output(latents, output_type)

@@ -27,13 +27,13 @@ import torch
 from ..diffusion.multiscale import MultiScaleSchedule, consistent_noise, image_pyramid
 from ..pipelines.layered import LayeredTextToImagePipeline
 from ..pipelines.layered_scheduler import LayeredScheduler
-from ..pipelines.text_encoders import encode_prompts, load_text_encoder, tiny_text_encoder
+from ..data.mnist import DIGIT_NAMES
+from ..pipelines.text_encoders import encode_prompts, frozen_text_encoder
 from ..registry import create_model
 from .denoise_task import model_config_holder
 from ..grids import grid_labels, make_grid
 from .task import Draws, TrainingTask
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CONDITIONINGS = ("class", "text", "both")
 
 
@@ -58,14 +58,8 @@ class LayeredTask(TrainingTask):
 
     # ---- building -----------------------------------------------------------------------------------
     def build_text_encoder(self):
-        source = self.option("text_encoder", "tiny")
-        if source == "tiny":
-            tokenizer, encoder = tiny_text_encoder(hidden_size=int(self.option("text_hidden_size", 32)),
-                                                   seed=self.config.seed)
-        else:
-            tokenizer, encoder = load_text_encoder(source)
-        encoder.requires_grad_(False)
-        return tokenizer, encoder
+        return frozen_text_encoder(self.option("text_encoder", "tiny"), int(self.option("text_hidden_size", 32)),
+                                   self.config.seed)
 
     def build_model(self, dataset):
         config = self.config

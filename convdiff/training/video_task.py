@@ -16,10 +16,22 @@ task_options (all optional):
     camera_dim: 12 or null                             (4d; default 12, the flattened 3x4 extrinsics)
     max_frames, max_views: limits of the new layers    (default: the data's frames / views)
     freeze_spatial: train only the new layers          (default true with `base`, else false)
+    first_view_prob: 4d: probability that a clip's view 0 (its whole video) is given clean, flagged as known
+                     (`known_cells`) and left out of the loss; the saved pipeline then samples with
+                     first_view_mode="clean"                               (default 0: every cell noised)
     num_frames, frame_size, num_digits, length, max_speed       (moving_digits)
     num_views, image_size, max_objects, random_azimuth, cache   (multiview)
     frame_stride, resolution, channels, clips_per_video, timeout (video_folder)
     sample_videos: videos in the sample image (default 8)
+    conditioning: class | text                         (default class; text: a frozen CLIP text encoder's pooled
+                                                        prompt embedding, added to the timestep embedding by
+                                                        zero-initialised layers; a class-conditional base then
+                                                        gets its null class)
+    text_encoder: tiny | <folder>, text_hidden_size    (text: as in task `layered`)
+    caption_template: "a digit {name} moving {direction}"  (text: captions from the label and, for
+                                                        motion=directed moving digits, the direction)
+    text_dropout: 0.1                                  (text: captions replaced by "" for classifier-free guidance)
+    motion: bounce | directed                          (moving_digits; directed: one of four straight motions)
 """
 
 from pathlib import Path
@@ -28,12 +40,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.mnist import DIGIT_NAMES
+from ..pipelines.text_encoders import encode_pooled, frozen_text_encoder
 from ..registry import create_model
 from .denoise_task import DenoiseTask, model_config_holder, model_overrides_for
 from .objectives import make_objective
 from .task import Draws
 
 MODES = ("video", "4d")
+CONDITIONINGS = ("class", "text")
 DATA_KINDS = ("moving_digits", "multiview", "video_folder")
 
 
@@ -66,6 +81,17 @@ class VideoTask(DenoiseTask):
         if (self.mode == "4d") != (self.data_kind == "multiview"):
             raise ValueError(f"mode={self.mode!r} does not fit data={self.data_kind!r}: 4d trains on multiview data, "
                              "video on moving_digits or video_folder.")
+        self.conditioning = self.option("conditioning", "class")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"task_options.conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}.")
+        self.uses_text = self.conditioning == "text"
+        self.caption_template = self.option("caption_template", "a digit {name} moving {direction}")
+        self.text_dropout = float(self.option("text_dropout", 0.1))
+        self.tokenizer = self.text_encoder = None
+        self.first_view_prob = float(self.option("first_view_prob", 0.0))
+        if not 0.0 <= self.first_view_prob <= 1.0 or (self.first_view_prob and self.mode != "4d"):
+            raise ValueError(f"task_options.first_view_prob must be in [0, 1] and needs mode=4d, got "
+                             f"{self.first_view_prob} with mode={self.mode!r}.")
 
     # ---- data ---------------------------------------------------------------------------------------------
     def build_dataset(self):
@@ -75,7 +101,7 @@ class VideoTask(DenoiseTask):
 
             return MovingDigits("train", num_frames=o("num_frames", 8), frame_size=o("frame_size", 28),
                                 num_digits=o("num_digits", 1), length=o("length", 10_000),
-                                max_speed=o("max_speed", 1.5), seed=seed)
+                                max_speed=o("max_speed", 1.5), seed=seed, motion=o("motion", "bounce"))
         if self.data_kind == "multiview":
             from ..data.multiview import MultiViewObjects
 
@@ -105,6 +131,10 @@ class VideoTask(DenoiseTask):
         if self.mode == "4d":
             kwargs.update(view=self.option("view", "attention"), camera_dim=self.option("camera_dim", 12),
                           max_views=self.option("max_views", shape[1]))
+        if self.uses_text:
+            self.tokenizer, self.text_encoder = frozen_text_encoder(self.option("text_encoder", "tiny"),
+                                                                    int(self.option("text_hidden_size", 32)), config.seed)
+            kwargs["text_dim"] = self.text_encoder.config.hidden_size
         model = inflate(base, to=self.mode, **kwargs)
         if model.config.in_channels != shape[0]:
             raise ValueError(f"The model takes {model.config.in_channels}-channel frames but the data gives {shape[0]}: "
@@ -115,9 +145,15 @@ class VideoTask(DenoiseTask):
         self.check_model_fits_data(model, dataset)
         return model
 
+    def to_device(self, accelerator) -> None:
+        if self.text_encoder is not None:
+            self.text_encoder.to(accelerator.device)
+
     def check_model_fits_data(self, model, dataset):
         batch = torch.utils.data.default_collate([dataset[0]])
         x0, labels, extra = self.unpack(batch)
+        if self.uses_text:
+            extra["text_embeds"] = self.text_embeds(extra.pop("captions"), torch.zeros(1, dtype=torch.bool), x0.device)
         try:
             with torch.no_grad():
                 model.eval()(x0, torch.zeros(1, dtype=torch.long), **self.label_kwargs(labels, torch.zeros(1, dtype=torch.bool)),
@@ -129,19 +165,46 @@ class VideoTask(DenoiseTask):
 
     # ---- loss ---------------------------------------------------------------------------------------------
     def unpack(self, batch):
-        """(x0, labels, extra model kwargs) from a (clip, label) tuple or a multiview dict."""
+        """(x0, labels, extra model kwargs) from a (clip, label[, direction]) tuple or a multiview dict; with text
+        conditioning the extras hold the clips' captions (encoded in `loss`, after the step's caption dropout)."""
         if isinstance(batch, dict):
             extra = {"timestamps": batch["timestamps"]}
             if self.option("camera_dim", 12) is not None:
                 extra["cameras"] = batch["cameras"]
-            return batch["video"], batch["label"], extra
-        x0, labels = batch
-        return x0, labels, {}
+            x0, labels, directions = batch["video"], batch["label"], None
+        else:
+            x0, labels, *rest = batch
+            extra, directions = {}, (rest[0] if rest else None)
+        if self.uses_text:
+            extra["captions"] = self.captions(labels, directions)
+        return x0, labels, extra
+
+    def captions(self, labels, directions=None) -> list[str]:
+        """Captions from the caption template, the digit names and (directed moving digits) the directions."""
+        from ..data.moving_digits import DIRECTIONS
+
+        labels = [int(y) for y in labels]
+        directions = [None] * len(labels) if directions is None else [int(d) for d in directions]
+        if "{direction}" in self.caption_template and None in directions:
+            raise ValueError(f"caption_template {self.caption_template!r} names {{direction}}, but the data has no "
+                             "directions: use task_options.motion=directed (moving_digits) or drop {direction}.")
+        return [self.caption_template.format(name=DIGIT_NAMES[y] if y < len(DIGIT_NAMES) else y, label=y,
+                                             direction=None if d is None else DIRECTIONS[d])
+                for y, d in zip(labels, directions)]
+
+    def text_embeds(self, captions, drop, device) -> torch.Tensor:
+        """Pooled embeddings of the captions, "" where `drop` (classifier-free guidance's unconditional prompt)."""
+        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
+        with torch.no_grad():
+            return encode_pooled(self.tokenizer, self.text_encoder, captions, device)
 
     def label_kwargs(self, labels, drop):
-        """Labels with the step's dropout mask (the inflated model then draws no dropout of its own)."""
+        """Labels with the step's dropout mask (the inflated model then draws no dropout of its own); a
+        text-conditioned model's class-conditional base always gets its null class."""
         if not self.num_classes:
             return {"class_labels": None}
+        if self.uses_text:
+            drop = torch.ones_like(drop)
         return {"class_labels": torch.as_tensor(labels, device=drop.device).long(), "force_drop_ids": drop.long()}
 
     def loss(self, model, batch, draws: Draws):
@@ -150,24 +213,52 @@ class VideoTask(DenoiseTask):
         t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator)).to(x0.device)
         drop = self.label_drop(draws, len(x0)).to(x0.device)
         x_t, model_t = self.objective.noisy_input(x0, noise, t)
+        given = None
+        if self.first_view_prob:  # drawn after the others, so recipes without it replay as before
+            given = (draws.rand() < self.first_view_prob).to(x0.device)
+            x_t, extra = give_first_view(x0, x_t, given, extra)
+        if self.uses_text:  # drawn last, so recipes without text replay their old draws exactly
+            extra["text_embeds"] = self.text_embeds(extra.pop("captions"), draws.rand() < self.text_dropout, x0.device)
         out = model(x_t, model_t.to(x0.device), **self.label_kwargs(labels, drop), **extra).sample
-        return self.objective.loss(out, x0, noise, x_t, t).mean()
+        loss = self.objective.loss(out, x0, noise, x_t, t)
+        if given is not None:  # a given view is no target: those clips' loss is on the other views only
+            others = self.objective.loss(out[:, :, 1:], x0[:, :, 1:], noise[:, :, 1:], x_t[:, :, 1:], t)
+            loss = torch.where(given, others, loss)
+        return loss.mean()
 
     # ---- pipeline and samples -----------------------------------------------------------------------------
     def build_pipeline(self, model):
         from ..pipelines.video import FourDPipeline, VideoPipeline
 
-        cls = FourDPipeline if self.mode == "4d" else VideoPipeline
-        return cls(transformer=model, scheduler=self.objective.make_scheduler())
+        if self.mode == "4d":
+            return FourDPipeline(transformer=model, scheduler=self.objective.make_scheduler(),
+                                 first_view_mode="clean" if self.first_view_prob else "replace")
+        return VideoPipeline(transformer=model, scheduler=self.objective.make_scheduler(),
+                             text_encoder=self.text_encoder, tokenizer=self.tokenizer)
+
+    def sample_prompts(self, num_videos: int) -> list[str] | None:
+        """Captions for the sample videos: digits 0, 1, ... with the four directions in turn (text models)."""
+        if not self.uses_text:
+            return None
+        directions = [i % 4 for i in range(num_videos)] if "{direction}" in self.caption_template else None
+        return self.captions([i % 10 for i in range(num_videos)], directions)
 
     def save_samples(self, pipeline, path) -> None:
-        save_video_samples(pipeline, self.mode, self.build_dataset(), self.config, path,
-                           num_videos=self.option("sample_videos", 8))
+        num_videos = self.option("sample_videos", 8)
+        save_video_samples(pipeline, self.mode, self.build_dataset(), self.config, path, num_videos=num_videos,
+                           prompts=self.sample_prompts(num_videos))
 
 
-def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 8):
+def give_first_view(x0, x_t, given, extra):
+    """x_t with view 0 of the `given` clips ((B,) bool) clean, and extra with their `known_cells` (B, V, T)."""
+    cells = torch.zeros(x0.shape[0], x0.shape[2], x0.shape[3], dtype=torch.bool, device=x0.device)
+    cells[:, 0] = given[:, None]
+    return torch.where(cells[:, None, :, :, None, None], x0, x_t), dict(extra, known_cells=cells)
+
+
+def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 8, prompts=None):
     """A PNG of samples (video: one row per video, frames left to right; 4d: grids, rows = time, columns =
-    views) and a GIF beside it."""
+    views) and a GIF beside it; `prompts` (one per video) for a text-conditioned model."""
     from ..pipelines.schedulers import make_scheduler
     from ..pipelines.video_export import export_to_video, grid_4d, views_side_by_side
     from .samples import make_grid
@@ -195,6 +286,8 @@ def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 
 
         num_classes, _ = class_info(pipeline.transformer.config)
         kwargs = {"class_labels": [i % num_classes for i in range(num_videos)]} if num_classes else {"batch_size": num_videos}
+        if prompts is not None:
+            kwargs = {"prompt": prompts}
         frames = pipeline(num_frames=dataset.sample_shape[1], num_inference_steps=config.sample_num_inference_steps,
                           guidance_scale=config.sample_guidance_scale, generator=generator, output_type="np",
                           **kwargs).frames  # (N, F, H, W, C)
