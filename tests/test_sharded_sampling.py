@@ -145,3 +145,16 @@ def test_two_processes_give_the_same_samples_as_one(pipeline_dir, reference, tmp
     assert "process 0: sampled 3 of 7" in result.stderr and "process 1: sampled 2 of 7" in result.stderr
     for mine, theirs in zip(load(resumed), reference):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_the_pipeline_fingerprint_sees_its_components_only(pipeline_dir, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(pipeline_dir, tmp_path / "pipeline"))
+    before = sharded.fingerprint(folder)
+    (folder / "samples.npz.parts").mkdir()  # a run's output inside the folder changes nothing
+    (folder / "samples.npz.parts/arguments.json").write_text("{}")
+    assert sharded.fingerprint(folder) == before
+    config = folder / "scheduler/scheduler_config.json"
+    config.write_text(config.read_text().replace('"linspace"', '"leading"'))
+    assert sharded.fingerprint(folder) != before

@@ -46,9 +46,17 @@ def batch_ranges(num_samples: int, batch_size: int) -> list:
 
 
 def fingerprint(folder) -> str:
-    """sha256 over a pipeline folder's JSON configs and the sizes of its other files (weights are not read)."""
+    """sha256 over a pipeline's model_index.json, its components' JSON configs and their weight files' sizes.
+
+    Only the components model_index.json names count, so other files in the folder (even this run's own
+    output) leave it unchanged; the weights themselves are not read (gigabytes).
+    """
     folder, digest = Path(folder), hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    index = json.loads((folder / "model_index.json").read_text())
+    components = [folder / name for name, value in index.items()
+                  if isinstance(value, list) and len(value) == 2 and value[0] is not None]
+    files = [folder / "model_index.json", *(p for c in components if c.is_dir() for p in c.rglob("*") if p.is_file())]
+    for path in sorted(files):
         name = path.relative_to(folder).as_posix()
         content = path.read_bytes() if path.suffix == ".json" else str(path.stat().st_size).encode()
         digest.update(name.encode() + b"\0" + content + b"\0")
