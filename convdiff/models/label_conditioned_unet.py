@@ -19,6 +19,7 @@ from .convfusion import convert_self_attention
 
 class LabelConditionedUNet(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
+    _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]  # the units FSDP shards (training/engines.py)
 
     @register_to_config
     def __init__(self, sample_size: int = 28, in_channels: int = 1, out_channels: int = 1, num_classes: int = 10,

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..files import first_line, fsync_dir, fsync_tree, is_write_failure, load_weights_only, swap_into_place, write_failure
+from .engines import full_tensor, shard_like
 
 EMA_FILE = "ema_state.pt"
 
@@ -129,10 +130,12 @@ def register_ema(accelerator, ema) -> None:
     """Save the EMA weights into every checkpoint as `ema_state.pt` and read them back weights-only on resume."""
 
     def save(models, weights, output_dir):
+        state = ema.state_dict()
+        state["shadow_params"] = [full_tensor(p) for p in state["shadow_params"]]  # FSDP shards: gathered by all
         if accelerator.is_main_process:
             import torch
 
-            torch.save(ema.state_dict(), Path(output_dir) / EMA_FILE)
+            torch.save(state, Path(output_dir) / EMA_FILE)
 
     def load(models, input_dir):
         path = Path(input_dir) / EMA_FILE
@@ -143,7 +146,9 @@ def register_ema(accelerator, ema) -> None:
             raise FileNotFoundError(f"{input_dir} has no EMA weights ({EMA_FILE}); it was not written by a run with "
                                     f"use_ema=true.{hint}")
         device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
+        shards = list(ema.shadow_params)
         ema.load_state_dict(load_weights_only(path, map_location=device))
+        ema.shadow_params = [shard_like(p, like) for p, like in zip(ema.shadow_params, shards)]  # FSDP: cut again
 
     accelerator.register_save_state_pre_hook(save)
     accelerator.register_load_state_pre_hook(load)

@@ -24,6 +24,7 @@ from .batches import StreamBatchSampler, step_generator
 from .checkpoints import (check_checkpoint, claim_run_folder, clear_run_folder, read_step, register_ema, resolve_resume,
                           save_checkpoint)
 from .config import TrainConfig, check_config, save_config
+from .engines import check_engine, fit_model, on_full_model, start_engine
 from .task import Draws
 from .tasks import make_task
 
@@ -52,6 +53,7 @@ def train(config: TrainConfig):
     output_dir = Path(config.output_dir)
     earlier = claim_run_folder(output_dir, config.resume_from_checkpoint, config.overwrite)
     task = make_task(config)
+    engine = check_engine(config, gpu=has_accelerator())  # FSDP / DeepSpeed as launched, or a clear refusal
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)
     accelerator = Accelerator(
         cpu=not has_accelerator(),  # so `--multi_gpu --num_processes N` gives real gloo DDP on a CPU machine
@@ -66,6 +68,7 @@ def train(config: TrainConfig):
         raise ValueError(f"train_batch_size={config.train_batch_size} must be divisible by processes x accumulation "
                          f"steps = {procs} x {accum}.")
     micro_batch = config.train_batch_size // accum
+    start_engine(accelerator, engine, micro_batch // procs)
 
     dataset = task.build_dataset()
     torch.manual_seed(config.seed)  # model init
@@ -78,20 +81,21 @@ def train(config: TrainConfig):
     if config.compile:
         model.compile()  # in place: parameter names, state dicts and saved pipelines stay those of the eager module
 
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(trainable, decay=config.ema_decay, min_decay=0.0 if config.ema_warmup else config.ema_decay)
-        ema.to(accelerator.device)
-        register_ema(accelerator, ema)  # weights-only on resume, unlike accelerate's custom objects
-
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     # The prepared scheduler steps once per process per optimizer step (diffusers#3954), hence the factor.
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * procs,
                                  num_training_steps=config.max_train_steps * procs)
+    fit_model(accelerator, model)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    base_model = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP swaps in sharded parameters
     task.to_device(accelerator)
+
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(trainable, decay=config.ema_decay, min_decay=0.0 if config.ema_warmup else config.ema_decay)
+        ema.to(accelerator.device)
+        register_ema(accelerator, ema)  # weights-only on resume, unlike accelerate's custom objects
 
     global_step = 0
     resume_path = resolve_resume(output_dir, config.resume_from_checkpoint)
@@ -164,20 +168,21 @@ def train(config: TrainConfig):
             path = save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
             if accelerator.is_main_process:
                 progress.write(f"saved {path}")
-        if accelerator.is_main_process and config.sample_steps and global_step % config.sample_steps == 0:
-            _with_ema(ema, trainable, lambda: task.save_samples(task.build_pipeline(base_model),
-                                                                output_dir / "samples" / f"step-{global_step:07d}.png"))
+        if config.sample_steps and global_step % config.sample_steps == 0:  # on every process: FSDP gathers
+            grid = output_dir / "samples" / f"step-{global_step:07d}.png"
+            _with_ema(ema, trainable, lambda: on_full_model(
+                accelerator, model, lambda trained: task.save_samples(task.build_pipeline(trained), grid)))
     progress.close()
 
     accelerator.wait_for_everyone()
     pipeline_dir = output_dir / "pipeline"
-    if accelerator.is_main_process:
-        def finish():
-            pipeline = task.build_pipeline(base_model)
-            _save_atomically(pipeline, pipeline_dir)
-            if config.sample_final_grid:
-                task.save_samples(pipeline, output_dir / "samples" / "final.png")
-        _with_ema(ema, trainable, finish)
+
+    def finish(trained):  # on the main process, with the EMA weights in
+        pipeline = task.build_pipeline(trained)
+        _save_atomically(pipeline, pipeline_dir)
+        if config.sample_final_grid:
+            task.save_samples(pipeline, output_dir / "samples" / "final.png")
+    _with_ema(ema, trainable, lambda: on_full_model(accelerator, model, finish))
     accelerator.end_training()
     return pipeline_dir
 
