@@ -46,10 +46,11 @@ def power_cosine(t, s_max):
 
 
 def adm_reverse_step(model, x, t, t_prev, labels, scale, noise):
-    """One guided ADM step x_t -> x_{t_prev} in float64, from the model's raw output."""
+    """One guided ADM step x_t -> x_{t_prev} in float64, from the model's raw output; t_prev None: the last step."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
-    abar_t, abar_prev = abar[t], abar[t_prev]
+    abar_t = abar[t]
+    abar_prev = torch.tensor(1.0, dtype=torch.float64) if t_prev is None else abar[t_prev]
     beta = 1 - abar_t / abar_prev  # the respaced beta
     batch = x.shape[0]
     with torch.no_grad():
@@ -62,6 +63,8 @@ def adm_reverse_step(model, x, t, t_prev, labels, scale, noise):
     x = x.double()
     x0 = torch.sqrt(1 / abar_t) * x - torch.sqrt(1 / abar_t - 1) * eps
     mean = beta * torch.sqrt(abar_prev) / (1 - abar_t) * x0 + (1 - abar_prev) * torch.sqrt(1 - beta) / (1 - abar_t) * x
+    if t_prev is None:
+        return mean  # ADM adds no noise on the last step
     posterior_variance = beta * (1 - abar_prev) / (1 - abar_t)
     frac = (v + 1) / 2
     log_variance = frac * torch.log(beta) + (1 - frac) * torch.log(posterior_variance)
@@ -97,10 +100,13 @@ def test_converted_folder_takes_one_official_reverse_step_without_arguments(tmp_
     short = scheduler.timesteps.tolist()
     assert short == adm_timesteps(steps=10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
     late = 8
-    steps = trajectory(pipe, x, labels, late, num_inference_steps=10)
+    steps = trajectory(pipe, x, labels, late + 1, num_inference_steps=10)
     scale = defaults["guidance_scale"] if defaults["guidance_schedule"] == "constant" else power_cosine(111, 4.4)
     expected = adm_reverse_step(pipe.transformer, steps[late - 1], 111, 0, labels, scale, step_noise(late))
     torch.testing.assert_close(steps[late].double(), expected, rtol=1e-4, atol=1e-4)  # a random model: |latents| grow to ~1e3
+    scale = defaults["guidance_scale"] if defaults["guidance_schedule"] == "constant" else power_cosine(0, 4.4)
+    expected = adm_reverse_step(pipe.transformer, steps[late], 0, None, labels, scale, None)
+    torch.testing.assert_close(steps[late + 1].double(), expected, rtol=1e-4, atol=1e-4)  # the last step, 0 -> x0
     # a fixed variance (diffusers' DDPM default) misses it: the check above sees the learned range
     fixed = trajectory(pipe, x, labels, late, num_inference_steps=10,
                        scheduler=DDPMScheduler.from_config(scheduler.config, variance_type="fixed_small"))
