@@ -307,6 +307,10 @@ def test_cli_precision_recall_and_errors(tmp_path, narrow_inception, capsys):
     assert "N_samples=12 N_reference=10" in out and "narrow_inception.pt@sha256:" in out and "k=3" in out
     assert fid_main(args + ["--inception-score"]) == 2
     assert "--inception-classifier" in capsys.readouterr().err
+    assert fid_main(args + ["--precision-recall", "--save-stats-a", str(tmp_path / "a_stats.npz")]) == 2
+    assert "--save-stats-a" in capsys.readouterr().err and not (tmp_path / "a_stats.npz").exists()
+    assert fid_main(args + ["--precision-recall", "--method", "eigvals"]) == 0
+    assert "frechet=float64 eigvals" in capsys.readouterr().out
     assert fid_main(args) == 0 and capsys.readouterr().out.startswith("FID ")  # the plain FID line is unchanged
 
 

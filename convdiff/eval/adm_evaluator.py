@@ -145,6 +145,7 @@ def evaluate(
     k: int = 3,
     save_reference_stats=None,
     protocol_extra: dict | None = None,
+    method: str = "eigh",
     progress: bool = True,
 ) -> EvaluationResult:
     """ADM's figures of ``samples`` against ``reference`` (see the module docstring).
@@ -152,7 +153,8 @@ def evaluate(
     ``classifier``: path of the Inception classifier weights (or a (classes, 2048) tensor), needed for
     ``"inception_score"``. ``save_reference_stats=PATH`` writes the reference's statistics, when computed from its
     images, as an ADM-style ``.npz`` (``mu``, ``sigma``, ``mu_s``, ``sigma_s``) to pass as ``reference`` later.
-    ``protocol_extra`` (e.g. ``{"sampler": "ddpm", "steps": 250}``) is recorded in the protocol."""
+    ``protocol_extra`` (e.g. ``{"sampler": "ddpm", "steps": 250}``) is recorded in the protocol; ``method``: the
+    Fréchet distance's eigenvalue route (``frechet.trace_sqrt_product``)."""
     metrics = _check_metrics(metrics)
     want_sfid, want_is, want_pr = "sfid" in metrics, "inception_score" in metrics, "precision_recall" in metrics
     weight = None
@@ -193,10 +195,11 @@ def evaluate(
     result = EvaluationResult(n_samples=fake.n, n_reference=real.n if real is not None else ref_pool.n, protocol="")
     if "fid" in metrics:
         warn_if_rank_deficient(fake.n, fake.pool.dim, "samples", stacklevel=2)
-        result.raw["fid"] = frechet_distance(fake.pool.mu, fake.pool.sigma, ref_pool.mu, ref_pool.sigma)
+        result.raw["fid"] = frechet_distance(fake.pool.mu, fake.pool.sigma, ref_pool.mu, ref_pool.sigma, method)
         result.fid = max(result.raw["fid"], 0.0)
     if want_sfid:
-        result.raw["sfid"] = frechet_distance(fake.spatial.mu, fake.spatial.sigma, ref_spatial.mu, ref_spatial.sigma)
+        result.raw["sfid"] = frechet_distance(fake.spatial.mu, fake.spatial.sigma, ref_spatial.mu, ref_spatial.sigma,
+                                              method)
         result.sfid = max(result.raw["sfid"], 0.0)
     if want_is:
         result.inception_score, result.inception_score_std = inception_score(
@@ -211,7 +214,7 @@ def evaluate(
         f"reference={ref.name}" + (f" ({stored} statistics, extractor "
                                     f"{'unrecorded, e.g. the ADM TF graph' if ref.protocol is None else 'recorded'})"
                                     if ref.pool or ref.spatial else ""),
-        "frechet=float64 eigh",
+        f"frechet=float64 {method}",
     ]
     if want_is:
         parts.append(f"IS: unbiased logits pool3 @ fc.weight, {splits} splits")

@@ -257,6 +257,9 @@ def fid_main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     metrics = _evaluator_metrics(args)
     try:
+        if metrics and args.save_stats_a:
+            raise ValueError("--save-stats-a caches FID statistics of A; with --sfid / --inception-score / "
+                             "--precision-recall the samples' features are needed, so drop it")
         if metrics:
             from .adm_evaluator import evaluate
 
@@ -265,6 +268,7 @@ def fid_main(argv=None) -> int:
                 classifier=args.inception_classifier, device=args.device, batch_size=args.batch_size,
                 splits=args.splits, k=args.k, save_reference_stats=args.save_stats, progress=not args.no_progress,
                 protocol_extra={"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance},
+                method=args.method,
             )
         else:
             result = compute_fid(
