@@ -147,6 +147,13 @@ class ControlNet(ModelMixin, ConfigMixin):
     def from_pretrained(cls, *args, **kwargs):
         return restore_channels_last(super().from_pretrained(*args, **kwargs))
 
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func=torch.utils.checkpoint.checkpoint) -> None:
+        """diffusers' switch, then the copy's own: an inflated copy recomputes its blocks inside its grid context."""
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func)
+        if hasattr(self.backbone, "_set_gradient_checkpointing"):
+            self.backbone._set_gradient_checkpointing(enable, gradient_checkpointing_func)
+
     @classmethod
     def from_backbone(cls, model, conditioning_channels: int = 3, conditioning_embedding_channels=None,
                       conditioning_downscale: int = 1, load_weights_from_backbone: bool = True) -> "ControlNet":
