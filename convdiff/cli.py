@@ -1,4 +1,4 @@
-"""`convdiff <command>`: train, sample, fid, convert, bench, extract-latents, mnist-demo.
+"""`convdiff <command>`: train, sample, fid, convert, bench, bench-paths, extract-latents, mnist-demo.
 
 Each command lives next to the code it runs (a library layer's `*_main`, or an application module in
 `convdiff/apps/`); this file only dispatches, importing lazily so `convdiff --help` stays fast. A user error
@@ -16,6 +16,7 @@ COMMANDS = {
     "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
     "convert": ("convdiff.convert.main", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
     "bench": ("convdiff.apps.benchmarks.forward", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
+    "bench-paths": ("convdiff.apps.benchmarks.paths", "main", "DiC / DiCo vs DiT at default and best paths (NCHW, default, compiled): forward, training step, sampling, vs the targets; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
     "mnist-demo": ("convdiff.apps.mnist_demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),

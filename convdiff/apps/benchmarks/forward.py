@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .instruments import PRECISIONS, CpuMeter, autocast_context, count, machine_line, measure_matmul_peak
+from .instruments import (PRECISIONS, CpuMeter, add_report_options, autocast_context, count, machine_line,
+                          measure_matmul_peak)
 
 DEFAULT_MODELS = ["dic-s", "dico-s", "dit-s-2", "dic-xl", "dico-xl", "dit-xl-2"]
 # Matmul ceilings (GFLOP/s) the lead measured for this class of machine (2 cores); overridable on the command line.
@@ -321,15 +322,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "model, precision and layout, else the matmul probe) to take longer is skipped")
     p.add_argument("--channels-last", action="store_true",
                    help="also time the conv models (DiC, DiCo) in torch.channels_last memory format")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--peak-fp32", type=float, default=DEFAULT_PEAKS["fp32"], help="fp32 matmul ceiling, GFLOP/s")
     p.add_argument("--peak-bf16", type=float, default=DEFAULT_PEAKS["bf16"], help="bf16 matmul ceiling, GFLOP/s")
     p.add_argument("--profile", action="store_true",
                    help="also profile each model x precision x layout (torch.profiler, top ops by self CPU time)")
     p.add_argument("--profile-only", action="store_true", help="profile without timing")
-    p.add_argument("--no-write", action="store_true", help="print only; do not append to --output")
-    p.add_argument("--output", type=Path, default=DOC_PATH, help="markdown file to append to (default: %(default)s)")
-    p.add_argument("--title", default=None, help="heading for the appended section")
+    add_report_options(p, DOC_PATH)
     args = p.parse_args(argv)
     for name in ("batch_size", "iters", "threads"):
         value = getattr(args, name)

@@ -6,14 +6,19 @@
 - `machine_line` describes the CPU, its ISA flags, thread count and library versions for docs/benchmarks.md.
 - `measure_matmul_peak` is the best `F.linear` rate, the ceiling against which throughput is read.
 - `CpuMeter` measures the cores other processes used while a block ran, so a run on a shared machine says so.
+- `round_robin` times several calls in turn, round after round, so a change of load hits them all alike.
+- `add_report_options`: --threads, --no-write, --output, --title of the benchmarks that write docs rows.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +207,47 @@ class CpuMeter:
     def _own():
         t = os.times()
         return t.user + t.system
+
+
+@dataclass
+class Timing:
+    """Seconds of each timed call of one thing, and the cores other processes used during each."""
+
+    seconds: list = field(default_factory=list)
+    others: list = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def others_cores(self) -> float | None:
+        known = [o for o in self.others if o is not None]
+        return sum(known) / len(known) if known else None
+
+
+def round_robin(calls: dict, rounds: int, repeats: int = 1) -> dict:
+    """{key: Timing} of every `calls[key]()`: each round times each key once (`repeats` calls, averaged), in
+    turn, so load from other processes falls on all keys alike rather than on whichever ran during a burst."""
+    timings = {key: Timing() for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            with CpuMeter() as meter:
+                tick = time.perf_counter()
+                for _ in range(repeats):
+                    call()
+                seconds = (time.perf_counter() - tick) / repeats
+            timings[key].seconds.append(seconds)
+            timings[key].others.append(meter.others_cores)
+    return timings
+
+
+def add_report_options(parser, output) -> None:
+    """The options of a benchmark that appends its section to a markdown file (docs/benchmarks.md)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to --output")
+    parser.add_argument("--output", type=Path, default=output, help=f"markdown file to append to (default: {output})")
+    parser.add_argument("--title", default=None, help="heading for the appended section")
 
 
 def autocast_context(precision: str):

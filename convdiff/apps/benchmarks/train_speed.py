@@ -20,53 +20,16 @@ from pathlib import Path
 
 import torch
 
-from ...models import control_points
-from ...models.memory_format import ChannelsLastMixin
-from ...registry import create_model
-from .instruments import machine_line, measure_matmul_peak
+from .instruments import machine_line, measure_matmul_peak, round_robin
+from .model_paths import PATHS, build, example_inputs, train_step
 
 MODELS = ["dic-mnist", "dico-mnist", "unet-mnist", "dit-mnist"]
-PATHS = ["nchw", "default", "compiled"]
-
-
-def build(name: str, path: str):
-    torch.manual_seed(0)
-    model = create_model(name).train()
-    if path == "nchw" and isinstance(model, ChannelsLastMixin):
-        for p in model.parameters():
-            p.data = p.data.contiguous()
-    if path == "compiled":
-        model.compile()
-    return model
-
-
-def make_step(model, path: str, batch: int):
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, 28, 28, generator=generator)
-    t = torch.randint(0, 1000, (batch,), generator=generator)
-    y = torch.randint(0, 10, (batch,), generator=generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    keep_layout = path == "nchw" and isinstance(model, ChannelsLastMixin)
-
-    def step():
-        saved = control_points.to_channels_last
-        if keep_layout:  # the NCHW path of before: no conversion of the input either
-            control_points.to_channels_last = lambda tensor: tensor
-        try:
-            out = model(x, t, class_labels=y).sample  # every one of the four takes (x, t, class_labels)
-            out.float().square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        finally:
-            control_points.to_channels_last = saved
-
-    return step
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each times every (model, path) once")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
@@ -77,22 +40,17 @@ def main(argv=None):
     steps = {}
     for name in args.models:
         for path in args.paths:
-            model = build(name, path)
-            step = make_step(model, path, args.batch)
+            model = build(name, path, train=True)
+            step = train_step(model, path, example_inputs(model, args.batch))
             tick = time.perf_counter()
             step()
             step()  # warm-up (and the compile, for the compiled path)
             print(f"{name:11s} {path:8s} warm-up {time.perf_counter() - tick:6.1f} s", flush=True)
-            steps[name, path] = (step, [])
-    for _ in range(args.rounds):
-        for (name, path), (step, times) in steps.items():
-            tick = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times.append((time.perf_counter() - tick) / args.steps)
+            steps[name, path] = step
+    timings = round_robin(steps, args.rounds, repeats=args.steps)
     peak_after = measure_matmul_peak("fp32")
 
-    rate = {key: args.batch / sorted(times)[len(times) // 2] for key, (_, times) in steps.items()}  # median step
+    rate = {key: args.batch / timing.median for key, timing in timings.items()}  # median step
     header = "| model | " + " | ".join(f"{p} img/s" for p in args.paths) + " | default / nchw | best / nchw |"
     lines = [header, "|" + "---|" * (len(args.paths) + 3)]
     for name in args.models:
