@@ -141,6 +141,11 @@ def clear_output(output) -> None:
             parts.rmdir()
 
 
+def remove_batches(output) -> None:
+    for start, stop in finished_batches(output):
+        (parts_folder(output) / batch_name(start, stop)).unlink()
+
+
 def write_record(output, arguments: dict, complete: bool = False) -> None:
     text = json.dumps({"format": FORMAT, "arguments": arguments, "complete": complete}, indent=2)
     replace_file(parts_folder(output) / RECORD, lambda partial: Path(partial).write_text(text))
@@ -202,6 +207,8 @@ def sample_to_npz(make_batch, output, arguments: dict, labels, state, resume=Fal
     action = check_output(output, arguments, resume, overwrite)
     state.wait_for_everyone()  # every process has checked before the main one changes anything
     if action == "complete":
+        if state.is_main_process:
+            remove_batches(output)  # left by a kill between writing the .npz and removing them
         return action, 0
     if state.is_main_process:
         if action == "fresh":
@@ -222,8 +229,7 @@ def sample_to_npz(make_batch, output, arguments: dict, labels, state, resume=Fal
             raise RuntimeError(f"batches {missing[:5]} of {output} were not written; rerun with --resume to finish.")
         write_adm_npz(output, ranges, labels)
         write_record(output, arguments, complete=True)
-        for start, stop in ranges:  # the .npz holds them now
-            (parts_folder(output) / batch_name(start, stop)).unlink()
+        remove_batches(output)  # the .npz holds them now
     state.wait_for_everyone()
     return action, made
 
