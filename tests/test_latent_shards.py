@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def sources(tmp_path):
     return tmp_path
 
 
-def test_extraction_records_its_vae_and_resumes_keeping_finished_shards(sources, monkeypatch):
+def test_extraction_records_its_vae_and_resumes_after_a_kill_keeping_finished_shards(sources):
     tmp_path = sources
     extract(tmp_path, tmp_path / "straight")
     info = read_index(tmp_path / "straight")
@@ -68,27 +69,25 @@ def test_extraction_records_its_vae_and_resumes_keeping_finished_shards(sources,
     x, label = data[9]
     assert x.dtype == torch.float32 and x.shape == (2, 4, 8, 8) and label.item() == 1
 
-    # Interrupted after two finished shards, with a stale partial write of the third left behind.
-    from convdiff.data import image_folder as module
-
-    real = module.ImageFolderDataset.__getitem__
-    def crash_at_seven(self, index):
-        if index == 7:
-            raise KeyboardInterrupt("killed")
-        return real(self, index)
-    monkeypatch.setattr(module.ImageFolderDataset, "__getitem__", crash_at_seven)
-    with pytest.raises(KeyboardInterrupt):
-        extract(tmp_path, tmp_path / "resumed")
+    # Killed (SIGKILL, no clean-up) while encoding the third shard; a stale partial write is left behind too.
     out = tmp_path / "resumed"
+    killer = ("import os, signal, sys; from convdiff.data import image_folder as m; from convdiff.data.extract import "
+              "extract_main; real = m.ImageFolderDataset.__getitem__; m.ImageFolderDataset.__getitem__ = lambda self, i: "
+              "os.kill(os.getpid(), signal.SIGKILL) if i == 7 else real(self, i); extract_main(sys.argv[1:])")
+    args = ["--data", str(tmp_path / "images"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
+            "--output", str(out), "--shard-size", "3", "--batch-size", "2"]
+    killed = subprocess.run([sys.executable, "-c", killer, *args], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == [shard_name(0), shard_name(1)]  # no index, no half shard
     (out / f".{shard_name(2)}.partial").write_bytes(b"half a shard")
     kept = {k: (out / shard_name(k)).stat().st_mtime_ns for k in (0, 1)}
-    monkeypatch.setattr(module.ImageFolderDataset, "__getitem__", real)
     extract(tmp_path, out)
     assert {k: (out / shard_name(k)).stat().st_mtime_ns for k in (0, 1)} == kept  # finished shards not redone
     for a, b in zip(shard_tensors(tmp_path / "straight"), shard_tensors(out)):
         assert torch.equal(a["latents"], b["latents"]) and torch.equal(a["labels"], b["labels"])
     assert json.loads((out / "index.json").read_text())["shards"] == info["shards"]
+    assert not list(out.glob(".*"))  # the stale partial was overwritten and renamed into place
 
 
 def test_a_folder_of_other_latents_is_refused_and_kept(sources):
@@ -111,6 +110,27 @@ def test_training_reads_a_shard_folder_and_the_npz_path_still_works(sources):
                     "train_batch_size=4", "max_train_steps=2", "checkpointing_steps=0", "report_to=null",
                     "sample_final_grid=false", f"output_dir={tmp_path / out}"])
         assert (tmp_path / out / "pipeline/model_index.json").exists()
+
+
+def test_training_refuses_a_vae_that_did_not_make_the_shards(sources):
+    from diffusers import AutoencoderKL
+
+    from convdiff.training import train_main
+
+    tmp_path = sources
+    extract(tmp_path, tmp_path / "lat")
+    other = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                          latent_channels=4, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2)
+    other.save_pretrained(tmp_path / "other-vae")
+    base = ["model=dico-tiny", "model_overrides.num_classes=2", "data=latents", f"data_path={tmp_path / 'lat'}",
+            "train_batch_size=4", "max_train_steps=1", "checkpointing_steps=0", "report_to=null",
+            "sample_num_inference_steps=1"]
+    with pytest.raises(ValueError, match=r"made with the VAE .*vae\b.*has another config.*set vae= to the VAE"):
+        train_main([*base, f"vae={tmp_path / 'other-vae'}", f"output_dir={tmp_path / 'bad'}"])
+    assert not (tmp_path / "bad").exists()
+    train_main([*base, f"vae={tmp_path / 'vae'}", f"output_dir={tmp_path / 'good'}"])
+    assert (tmp_path / "good/pipeline/vae/config.json").exists()
 
 
 def test_missing_and_damaged_shards_are_clear_errors(tmp_path):
