@@ -89,13 +89,12 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-# diffusers' own baselines name no _no_split_modules; their repeated blocks
-DIFFUSERS_BLOCKS = {"DiTTransformer2DModel": ["BasicTransformerBlock"], "UNet2DModel": ["ResnetBlock2D"]}
-
-
 def wrap_classes(model) -> list:
-    """The block classes FSDP shards as units: those of the model's `_no_split_modules` that it contains."""
-    names = list(getattr(model, "_no_split_modules", None) or DIFFUSERS_BLOCKS.get(type(model).__name__, []))
+    """The block classes FSDP shards as units: those of the model's `_no_split_modules` that it contains
+    (for diffusers' own baselines, which name none, their repeated block, as inflation uses)."""
+    from ..models.inflation import DIFFUSERS_BLOCKS
+
+    names = list(getattr(model, "_no_split_modules", None) or DIFFUSERS_BLOCKS.get(type(model).__name__, ()))
     present = {type(m).__name__ for m in model.modules()}
     found = [n for n in names if n in present]  # a converted model may have lost some (ΔConvFusion's attention)
     if not found:
