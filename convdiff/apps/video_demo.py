@@ -34,7 +34,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] video-demo: {message}", file=sys.stderr, flush=True)
 
 
-def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: int, batch_size: int = 8):
+def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: int, batch_size: int = 8,
+                  guidance_scale: float = 1.0):
     """(N, F, H, W, C) floats in [0, 1], class-balanced labels, batch b seeded with seed + b."""
     from ..models.inputs import class_info
 
@@ -46,7 +47,8 @@ def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: 
         kwargs = ({"class_labels": [(start + i) % num_classes for i in range(count)]} if num_classes
                   else {"batch_size": count})
         out.append(pipeline(num_frames=num_frames, num_inference_steps=steps, output_type="np",
-                            generator=torch.Generator().manual_seed(seed + start), **kwargs).frames)
+                            guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + start),
+                            **kwargs).frames)
     return np.concatenate(out)
 
 
@@ -87,7 +89,7 @@ def add_fvd(results: dict, samples: dict, reference: np.ndarray, i3d) -> str:
 
 
 def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir: Path, scheduler=None,
-                   i3d=None) -> dict:
+                   i3d=None, guidance_scale: float = 1.0) -> dict:
     from ..data.moving_digits import MovingDigits
     from ..eval.inception import InceptionFeatureExtractor
     from ..models.video import inflate
@@ -102,16 +104,19 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
     pipe = VideoPipeline.from_pretrained(pipeline_dir)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
-    sampler = f"{type(pipe.scheduler).__name__} {steps} steps"
+    sampler = f"{type(pipe.scheduler).__name__} {steps} steps, guidance {guidance_scale}"
+    if pipe.transformer.config.get("text_dim"):
+        return evaluate_prompts(pipe, config, num_videos, steps, guidance_scale, output_dir)
     results, samples = {}, {}
     log("sampling the trained model")
-    samples["trained"] = sample_videos(pipe, num_videos, num_frames, steps, seed=10_000)
+    samples["trained"] = sample_videos(pipe, num_videos, num_frames, steps, seed=10_000, guidance_scale=guidance_scale)
     if options.get("base"):  # the same sampler, seeds and labels through the inflated model before training
         log("sampling the untrained inflation (the image model on every frame)")
         untrained = inflate(load_base_transformer(options["base"]), to="video",
                             temporal=options.get("temporal", "attention"), max_frames=pipe.transformer.config.max_frames)
         samples["untrained (image model per frame)"] = sample_videos(VideoPipeline(untrained, pipe.scheduler),
-                                                                     num_videos, num_frames, steps, seed=10_000)
+                                                                     num_videos, num_frames, steps, seed=10_000,
+                                                                     guidance_scale=guidance_scale)
     real = MovingDigits("heldout", num_frames=num_frames, frame_size=int(options.get("frame_size", 28)),
                         length=num_videos, seed=1)
     samples["real moving digits (held out)"] = real_clips(real, num_videos)
@@ -132,6 +137,42 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
     return results
 
 
+def evaluate_prompts(pipe, config, num_videos: int, steps: int, guidance_scale: float, output_dir: Path) -> dict:
+    """A text-conditioned model: does it draw the asked digit moving the asked way (apps/text_video_eval.py)?
+    `num_videos` is rounded up to whole sets of the 40 captions."""
+    from ..grids import make_grid
+    from ..pipelines.video_export import export_to_video
+    from .text_video_eval import evaluate_text_video
+
+    log("sampling every caption (trained, text layers off) and reading digits and motion")
+    metrics, samples = evaluate_text_video(pipe, config, max(1, -(-num_videos // 40)), steps, guidance_scale)
+    num_frames = next(iter(samples.values())).shape[1]
+    for name, videos in samples.items():
+        tag = name.split(" ")[0]
+        shown = videos[:: max(1, len(videos) // 40)][:40:4]  # one video per digit, the directions in turn
+        make_grid(shown.reshape(-1, *shown.shape[2:]), columns=num_frames).save(output_dir / f"text-videos-{tag}.png")
+        export_to_video(np.concatenate(list(shown), axis=2), output_dir / f"text-videos-{tag}.gif", fps=4, scale=3)
+    return metrics
+
+
+def without_view_layers(model):
+    """A copy of a 4D model whose view attention outputs are zero, as at inflation: no information passes
+    between views, so each view is generated from its own noise, camera and time only."""
+    import copy
+
+    from ..nn.spatiotemporal import ViewAttention
+
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, ViewAttention)]
+    if not layers:
+        raise ValueError("this 4D model has no ViewAttention layers to switch off (view='attention' only).")
+    with torch.no_grad():
+        for layer in layers:
+            layer.attn.proj.weight.zero_()
+            layer.attn.proj.bias.zero_()
+    return model
+
+
 def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Path, scheduler=None) -> dict:
     from ..eval.video_metrics import fourd_view_synthesis
     from ..pipelines.schedulers import make_scheduler
@@ -149,6 +190,15 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Pa
     held_out = VideoTask(held_out_config).build_dataset()  # same sizes, other scenes (another seed)
     log("view synthesis on held-out scenes")
     metrics = fourd_view_synthesis(pipe, held_out, num_clips=num_clips, num_inference_steps=steps, seed=0)
+    # One step from pure noise returns the model's clean-grid prediction, i.e. its estimate of the posterior
+    # mean given view 0 (exactly so for flow + Euler): the MSE-best guess, blurrier than a sample.
+    metrics["posterior_mean"] = fourd_view_synthesis(pipe, held_out, num_clips=num_clips, num_inference_steps=1, seed=0)
+    log("the same with the view layers off (each view made on its own: a per-view image model)")
+    per_view = FourDPipeline(**dict(pipe.components, transformer=without_view_layers(pipe.transformer)),
+                             first_view_mode=pipe.config.first_view_mode)
+    per_view.set_progress_bar_config(disable=True)
+    metrics["view_layers_off"] = fourd_view_synthesis(per_view, held_out, num_clips=num_clips,
+                                                      num_inference_steps=steps, seed=0)
 
     # pictures: one held-out scene (truth | generated from its first view) and free samples
     item = held_out[0]
@@ -168,8 +218,9 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Pa
     Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(output_dir / "4d-sample.png")
     export_to_video(np.concatenate([views_side_by_side(truth), views_side_by_side(conditioned)], axis=1),
                     output_dir / "4d-view-synthesis.gif", fps=3, scale=4)
-    metrics["protocol"] = (f"{num_clips} held-out scenes (seed {config.seed + 1}), view 0's video given, views 1.. "
-                           f"generated with {sampler}; PSNR on [0, 1] over the generated views")
+    metrics["protocol"] = (f"{num_clips} held-out scenes (seed {config.seed + 1}), view 0's video given "
+                           f"(first_view_mode={pipe.config.first_view_mode}), views 1.. generated with {sampler} "
+                           "(posterior_mean: 1 step); PSNR on [0, 1] over the generated views, averaged per scene")
     return metrics
 
 
@@ -183,6 +234,8 @@ def video_demo_main(argv=None):
     parser.add_argument("--scheduler", default=None,
                         help="sampler (convdiff.pipelines.schedulers name); default: the pipeline's own, the training "
                              "DDPM (learned-range variance for learned sigma), which beats DDIM for the short CPU runs")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance for the video metrics (default: the recipe's sample_guidance_scale)")
     parser.add_argument("--assets", help="also copy the GIFs / PNGs into this folder (e.g. docs/video)")
     parser.add_argument("--i3d", metavar="FILE",
                         help="I3D TorchScript (i3d_torchscript.pt, Kinetics-400) for FVD against held-out clips "
@@ -206,6 +259,8 @@ def video_demo_main(argv=None):
     mode = config.task_options.get("mode", "video")
     evaluate = evaluate_4d if mode == "4d" else evaluate_video
     fvd = {"i3d": args.i3d} if args.i3d else {}
+    if mode != "4d":
+        fvd["guidance_scale"] = config.sample_guidance_scale if args.guidance_scale is None else args.guidance_scale
     metrics = evaluate(pipeline_dir, config, args.num_videos, args.steps, output_dir, args.scheduler, **fvd)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))

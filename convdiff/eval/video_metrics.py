@@ -87,6 +87,18 @@ def frame_difference(videos) -> float:
     return float(np.abs(np.diff(frames, axis=1)).mean())
 
 
+def motion_directions(videos, steps=((0, -1), (0, 1), (-1, 0), (1, 0))) -> np.ndarray:
+    """(N,) index into `steps` ((row, column) unit moves; default left, right, up, down) of each video's motion:
+    the step closest in direction to how far the ink's centroid moved from the first frame to the last.
+    Measured on the pixels alone, so it reads generated and real clips alike."""
+    frames = videos_uint8(videos).astype(np.float64).mean(-1)  # (N, F, H, W)
+    rows, cols = np.mgrid[: frames.shape[2], : frames.shape[3]]
+    mass = frames.sum((2, 3)) + 1e-9
+    centroid = np.stack([(frames * rows).sum((2, 3)) / mass, (frames * cols).sum((2, 3)) / mass], -1)  # (N, F, 2)
+    moved = centroid[:, -1] - centroid[:, 0]
+    return np.argmax(moved @ np.asarray(steps, dtype=np.float64).T, axis=1)
+
+
 def psnr(prediction, target, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio (dB) between two arrays of the same shape, averaged over the first axis."""
     prediction = np.asarray(prediction, dtype=np.float64)
@@ -102,8 +114,10 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
     """Generate views 1..V-1 of multi-view clips from their ground-truth first view and compare with the renders.
 
     `dataset` items are dicts (video (3, V, T, H, W) in [-1, 1], cameras (V, 12), timestamps (T,)), e.g.
-    `MultiViewObjects`. Returns PSNR (dB) of the generated views, of the copy-the-first-view baseline, and
-    the temporal frame difference of generated vs real views.
+    `MultiViewObjects`. Returns PSNR (dB) of the generated views, of the copy-the-first-view baseline, of two
+    references for any model that makes each view without seeing view 0 (a per-view image model): the same
+    views of another scene (the next clip: what a perfect such model samples) and the mean image of the other
+    clips' views (the best it can predict), and the temporal frame difference of generated vs real views.
     """
     generated, real, copied = [], [], []
     generator = torch.Generator().manual_seed(seed)
@@ -121,9 +135,13 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
         copied.append(np.repeat(truth[:, :1], truth.shape[1] - 1, axis=1))
     generated, real, copied = (np.concatenate(x) for x in (generated, real, copied))
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (clips*views, T, H, W, C)
+    clip_means = real.mean(axis=(1, 2))  # (clips, H, W, C)
+    others_mean = (clip_means.sum(0) - clip_means) / max(len(real) - 1, 1)  # leave-one-out
     return {
         "psnr_generated": psnr(generated, real),
         "psnr_copy_first_view": psnr(copied, real),
+        "psnr_other_scene": psnr(np.roll(real, 1, axis=0), real),
+        "psnr_mean_image": psnr(np.broadcast_to(others_mean[:, None, None], real.shape), real),
         "frame_difference_generated": frame_difference(flat(generated)),
         "frame_difference_real": frame_difference(flat(real)),
         "num_clips": num_clips,
