@@ -21,6 +21,7 @@ COMMANDS = {
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),
     "mnist-demo": ("convdiff.apps.mnist_demo", "demo_main", "train a tiny DiC on the embedded MNIST digits, sample a grid, print FID"),
     "controlnet-demo": ("convdiff.apps.controlnet_demo", "controlnet_demo_main", "edge-map ControlNet on the shipped MNIST model: train, measure adherence, grid"),
+    "layered-eval": ("convdiff.apps.layered_eval", "layered_eval_main", "sample a text-conditioned layered MNIST model per digit: top-scale digit accuracy, scale agreement (PSNR)"),
     "video-demo": ("convdiff.apps.video_demo", "video_demo_main", "inflate the MNIST model to video (or train a tiny 4D model), train on CPU, GIFs, metrics"),
 }
 

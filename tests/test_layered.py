@@ -399,3 +399,25 @@ def test_pipeline_sampling_arguments_are_checked(kwargs, match):
     kwargs = {"class_labels": [1], "num_inference_steps": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         pipe(**kwargs)
+
+
+def test_layered_eval_scores_scale_agreement_and_accuracy():
+    from convdiff.apps.layered_eval import evaluate_layered, scale_agreement, top_scale_accuracy
+    from convdiff.data.mnist import MNISTDigits
+    from convdiff.diffusion.multiscale import image_pyramid
+
+    # real digits: every lower scale is exactly the pooled top scale, and the CNN reads them
+    data = MNISTDigits("heldout", pad_to=32)
+    x = torch.stack([data[i][0] for i in range(20)])
+    labels = [data[i][1] for i in range(20)]
+    scales = [((s + 1) / 2).permute(0, 2, 3, 1).numpy() for s in image_pyramid(x, [32, 16, 8])]
+    assert all(p > 100 for p in scale_agreement(scales))  # identical up to float rounding
+    assert top_scale_accuracy(scales[0], labels) >= 0.9
+    # the evaluation runs end to end on a tiny text model (32/16/8 px)
+    tokenizer, encoder = tiny_text_encoder(hidden_size=16, num_layers=1, model_max_length=32)
+    unet = create_model("layered-unet-mnist", cross_attention_dim=16, num_classes=0, block_out_channels=[8, 8, 8],
+                        attention_head_dim=8, norm_num_groups=4)
+    pipe = LayeredTextToImagePipeline(unet, LayeredScheduler(sample_sizes=unet.scale_sizes), encoder, tokenizer)
+    results, images = evaluate_layered(pipe, per_digit=1, steps=1, guidance_scale=2.0)
+    assert images.shape == (10, 32, 32, 1)
+    assert set(results["prompted"]) == {"top_scale_accuracy", "psnr_16px_vs_pooled_top", "psnr_8px_vs_pooled_top"}
