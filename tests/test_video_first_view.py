@@ -1,0 +1,169 @@
+"""4D view synthesis with the known view given clean: the model's `known_cells` flag, the video task's
+`first_view_prob` (condition clean, loss on the other views, exact resume) and FourDPipeline's
+`first_view_mode="clean"` (known cells exact in the output, the mode saved with the pipeline)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+from safetensors.torch import load_file
+
+from conftest import randomize_
+
+from convdiff.models.video import inflate
+from convdiff.pipelines.video import FourDPipeline
+from convdiff.registry import create_model
+from convdiff.training.config import load_config
+from convdiff.training.task import Draws
+
+TINY = dict(hidden_size=8, depth=[1, 1, 1, 1, 1], sample_size=8)
+# the 4D recipe shrunk to a 2-view x 2-frame grid of 8x8 images
+RECIPE = ["task_options.num_views=2", "task_options.num_frames=2", "task_options.image_size=8",
+          "task_options.length=4", "model_overrides.hidden_size=8", "model_overrides.depth=[1,1,1,1,1]",
+          "model_overrides.sample_size=8", "train_batch_size=2", "max_train_seconds=null",
+          "sample_num_inference_steps=1", "report_to=null"]
+
+
+def fourd_model(prediction_type="epsilon"):
+    torch.manual_seed(0)
+    base = create_model("dic-tiny", in_channels=3, num_classes=0, learn_sigma=False, prediction_type=prediction_type,
+                        **TINY)
+    return inflate(randomize_(base), to="4d", camera_dim=12, max_frames=4, max_views=3)  # no zero output head
+
+
+def test_known_cells_are_embedded_at_timestep_zero():
+    model = fourd_model().eval()
+    x, cameras = torch.randn(2, 3, 3, 2, 8, 8), torch.randn(2, 3, 12)
+    known = torch.zeros(2, 3, 2, dtype=torch.bool)
+    known[:, 0] = True  # view 0's video
+    with torch.no_grad():
+        flagged = model(x, torch.tensor([700, 300]), cameras=cameras, known_cells=known).sample
+        at_zero = model(x, torch.zeros(2, dtype=torch.long), cameras=cameras).sample
+        plain = model(x, torch.tensor([700, 300]), cameras=cameras).sample
+    # at initialisation the frames are independent, so each cell sees only its own noise level
+    torch.testing.assert_close(flagged[:, :, 0], at_zero[:, :, 0])
+    torch.testing.assert_close(flagged[:, :, 1:], plain[:, :, 1:])
+    assert not torch.allclose(flagged[:, :, 0], plain[:, :, 0])
+    with pytest.raises(ValueError, match=r"known_cells must be a bool tensor of shape \(batch, views, frames\)"):
+        model(x, 5, cameras=cameras, known_cells=known[:, :2])
+
+
+def make_task(tmp_path, *overrides):
+    from convdiff.training.video_task import VideoTask
+
+    config = load_config("configs/4d-synthetic.yaml", [*RECIPE, *overrides, f"output_dir={tmp_path / 'run'}"])
+    task = VideoTask(config)
+    dataset = task.build_dataset()
+    return task, task.build_model(dataset), dataset
+
+
+class Spy(torch.nn.Module):
+    """Records the model's inputs and returns a fixed output that requires grad."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = torch.nn.Parameter(out)
+
+    def forward(self, x, t, **kwargs):
+        self.seen = (x.detach().clone(), t, kwargs)
+        return type("Out", (), {"sample": self.out})()
+
+
+@pytest.mark.parametrize("objective", ["flow", "epsilon"])
+def test_first_view_is_given_clean_and_left_out_of_the_loss(tmp_path, objective):
+    task, model, dataset = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=1.0")
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    x0 = batch["video"]
+    spy = Spy(torch.randn_like(x0))
+    loss = task.loss(spy, batch, Draws(torch.Generator().manual_seed(0), 2, slice(0, 2)))
+    x_in, t, kwargs = spy.seen
+    assert torch.equal(x_in[:, :, 0], x0[:, :, 0])  # the given view is clean
+    assert not torch.allclose(x_in[:, :, 1], x0[:, :, 1])  # the other is noised
+    assert kwargs["known_cells"].tolist() == [[[True, True], [False, False]]] * 2
+    loss.backward()
+    grad = spy.out.grad
+    assert torch.count_nonzero(grad[:, :, 0]) == 0 and torch.count_nonzero(grad[:, :, 1]) == grad[:, :, 1].numel()
+    # the same noise and timesteps without conditioning: the loss also covers view 0, which it did not above
+    plain, _, _ = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=0")
+    full = plain.loss(spy, batch, Draws(torch.Generator().manual_seed(0), 2, slice(0, 2)))
+    assert "known_cells" not in spy.seen[2] and not torch.isclose(full, loss)
+
+
+def test_first_view_prob_is_checked(tmp_path):
+    from convdiff.training.video_task import VideoTask
+
+    with pytest.raises(ValueError, match="first_view_prob must be in"):
+        make_task(tmp_path, "task_options.first_view_prob=1.5")
+    with pytest.raises(ValueError, match="needs mode=4d"):
+        VideoTask(load_config("configs/video-moving-digits.yaml", ["task_options.first_view_prob=0.5"]))
+
+
+def test_conditioned_training_resumes_exactly_and_saves_the_clean_mode(tmp_path):
+    import shutil
+
+    from convdiff.training.loop import train
+
+    overrides = [*RECIPE, "objective=flow", "task_options.first_view_prob=0.5", "max_train_steps=4",
+                 "checkpointing_steps=2", "checkpoints_total_limit=2", "sample_steps=0", f"output_dir={tmp_path}"]
+    rel = "transformer/diffusion_pytorch_model.safetensors"
+    straight = load_file(train(load_config("configs/4d-synthetic.yaml", overrides)) / rel)
+    shutil.rmtree(tmp_path / "checkpoint-4")  # as if the run had been killed after step 2
+    shutil.rmtree(tmp_path / "pipeline")
+    resumed_dir = train(load_config("configs/4d-synthetic.yaml", [*overrides, "resume_from_checkpoint=latest"]))
+    resumed = load_file(resumed_dir / rel)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    pipe = FourDPipeline.from_pretrained(resumed_dir)
+    assert pipe.config.first_view_mode == "clean" and isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+class InputRecorder:
+    """A forward pre-hook that keeps what the model is called with at every step."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append((args[0].clone(), kwargs.get("known_cells")))
+
+
+@pytest.mark.parametrize("scheduler", [DDIMScheduler(clip_sample=False), EulerDiscreteScheduler(),
+                                       FlowMatchEulerDiscreteScheduler()], ids=["ddim", "euler", "flow"])
+def test_clean_mode_feeds_the_first_view_clean_and_keeps_it_exact(scheduler):
+    pipe = FourDPipeline(fourd_model("flow" if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) else "epsilon"),
+                         scheduler, first_view_mode="clean")
+    pipe.set_progress_bar_config(disable=True)
+    view = torch.rand(2, 3, 2, 8, 8) * 2 - 1
+    recorder = InputRecorder(pipe.transformer)
+    kwargs = dict(batch_size=2, cameras=torch.randn(3, 12), num_frames=2, num_inference_steps=3, first_view=view,
+                  output_type="pt", generator=torch.Generator().manual_seed(0))
+    out = pipe(**kwargs).frames  # (B, V, T, C, H, W) in [0, 1]
+    recorder.handle.remove()
+    torch.testing.assert_close(out[:, 0], ((view + 1) / 2).permute(0, 2, 1, 3, 4), atol=1e-6, rtol=0)
+    assert len(recorder.calls) == 3
+    for x, known in recorder.calls:  # every step the model gets view 0 clean (Euler: its input scaling undone)
+        torch.testing.assert_close(x[:, :, 0], view, atol=1e-5, rtol=1e-5)
+        assert known.bool().tolist() == [[[True, True], [False, False], [False, False]]] * 2
+    replaced = pipe(**kwargs, first_view_mode="replace").frames
+    torch.testing.assert_close(replaced[:, 0], out[:, 0], atol=1e-6, rtol=0)  # both end on the given view
+    assert not torch.allclose(replaced[:, 1:], out[:, 1:])
+
+
+def test_first_view_mode_survives_save_and_load(tmp_path):
+    pipe = FourDPipeline(fourd_model(), DDIMScheduler(clip_sample=False), first_view_mode="clean")
+    pipe.save_pretrained(tmp_path / "4d")
+    loaded = FourDPipeline.from_pretrained(tmp_path / "4d")
+    assert loaded.config.first_view_mode == "clean"
+    for p in (pipe, loaded):
+        p.set_progress_bar_config(disable=True)
+    kwargs = dict(batch_size=1, cameras=torch.randn(3, 12), num_frames=2, num_inference_steps=2,
+                  first_view=torch.rand(3, 2, 8, 8) * 2 - 1, output_type="np")
+    a = pipe(**kwargs, generator=torch.Generator().manual_seed(1)).frames
+    b = loaded(**kwargs, generator=torch.Generator().manual_seed(1)).frames
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert FourDPipeline(fourd_model(), DDIMScheduler()).config.first_view_mode == "replace"  # the default
+    with pytest.raises(ValueError, match="first_view_mode must be one of"):
+        FourDPipeline(fourd_model(), DDIMScheduler(), first_view_mode="noised")
+    with pytest.raises(ValueError, match="first_view_mode must be one of"):
+        pipe(**kwargs, first_view_mode="sometimes")
