@@ -474,3 +474,36 @@ def test_config_types_are_checked_from_the_annotations_and_numbers_are_read():
     config.checkpoints_total_limit = 0
     with pytest.raises(ValueError, match="checkpoints_total_limit must be an integer >= 1 or null"):
         check_config(config)
+
+
+FAILING_RANK_SCRIPT = """
+import errno, os, sys
+import accelerate
+from convdiff.training import train_main
+
+original = accelerate.Accelerator.save_state
+
+def save_state(self, output_dir=None, **kwargs):
+    if self.process_index == 1 and "checkpoint-4" in str(output_dir):  # rank 1's disk is full at step 4
+        raise OSError(errno.ENOSPC, "No space left on device", output_dir)
+    return original(self, output_dir, **kwargs)
+
+accelerate.Accelerator.save_state = save_state
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_write_failure_on_another_process_stops_every_process(tmp_path):
+    """Before, rank 1 raised while rank 0 waited at the next barrier for ever (the gloo timeout is 30 min)."""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    run = subprocess.run([*launch, *TINY, "max_train_steps=6", "checkpointing_steps=2", "use_ema=false",
+                          f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
+    assert run.returncode != 0
+    assert "checkpoint-4" in run.stderr and "checkpoint-2" in run.stderr, run.stderr[-3000:]  # names what is kept
+    assert (tmp_path / "run/checkpoint-2/training_state.json").exists()
+    assert not (tmp_path / "run/checkpoint-4").exists() and not (tmp_path / "run/.checkpoint-4.partial").exists()

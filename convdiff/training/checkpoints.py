@@ -16,6 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..files import first_line, fsync_dir, fsync_tree, is_write_failure, load_weights_only, swap_into_place, write_failure
 from .engines import full_tensor, shard_like
 
@@ -102,28 +104,53 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
+    # A write error on any process is shared with all (failed_anywhere), so none waits at a barrier for a
+    # process that gave up; the main process seals the folder only after every part is written.
+    error = None
     try:
         accelerator.save_state(str(partial))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
-            fsync_tree(partial)
-    except BaseException as error:
+    except Exception as caught:
+        error = caught
+    failed = failed_anywhere(accelerator, error is not None)
+    if not failed:
+        try:
+            if accelerator.is_main_process:
+                (partial / "training_state.json").write_text(json.dumps({"global_step": step}))
+                fsync_tree(partial)
+        except Exception as caught:
+            error = caught
+        failed = failed_anywhere(accelerator, error is not None)
+    if failed:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
+        if error is None:
+            error = OSError(f"another process failed to write its part of {final}; see its error above")
         if is_write_failure(error):
             previous = list_checkpoints(root)
             kept = f"The latest checkpoint is still {previous[-1][1]}." if previous else "No checkpoint was kept."
             raise write_failure(final, error, kept) from error
-        raise
-    if accelerator.is_main_process:
-        swap_into_place(partial, final)  # the same step saved again after a resume replaces the old copy
-        if total_limit is not None:
-            for _, old in list_checkpoints(root)[:-total_limit]:
-                shutil.rmtree(old)
-        fsync_dir(root)
-    accelerator.wait_for_everyone()
+        raise error
+    try:
+        if accelerator.is_main_process:
+            swap_into_place(partial, final)  # the same step saved again after a resume replaces the old copy
+            if total_limit is not None:
+                for _, old in list_checkpoints(root)[:-total_limit]:
+                    shutil.rmtree(old)
+            fsync_dir(root)
+    except Exception as caught:
+        error = caught
+    if failed_anywhere(accelerator, error is not None):  # the last barrier, failure-aware
+        raise error or OSError(f"the main process failed to put {final} in place; see its error above")
     return final
+
+
+def failed_anywhere(accelerator, failed: bool) -> bool:
+    """True on every process when any process failed: a collective sum of the failure flags, which also
+    stands in for the barrier after writing."""
+    if getattr(accelerator, "num_processes", 1) == 1:
+        return failed
+    flag = torch.tensor([float(failed)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def register_ema(accelerator, ema) -> None:
