@@ -66,6 +66,9 @@ class TrainConfig:
     sample_scheduler: str = "ddim"
     sample_guidance_scale: float = 1.0
     sample_final_grid: bool = True  # samples/final.png after training (the MNIST demo draws its own grid instead)
+    # the saved pipeline samples as the official DiC / DiCo / DiffiT sample scripts do (adm_scheduler: 250 steps
+    # 999, 995, ..., no clipping; the family's guidance defaults): the ImageNet recipes (docs/parity.md)
+    official_sampling: bool = False
     dataloader_num_workers: int = 0
     # a fresh run into a folder that holds an earlier run: refused unless true, which clears that run first
     overwrite: bool = False
@@ -198,6 +201,8 @@ def check_config(config) -> None:
             problems.append(f"train_batch_size={config.train_batch_size} must be divisible by "
                             f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
         problems += _model_override_problems(config)
+        if config.official_sampling:
+            problems += _official_sampling_problems(config)
     if problems:
         text = "; ".join(problems)
         raise ValueError(f"Invalid training config: {text}" + ("" if text.endswith("?") else "."))
@@ -220,6 +225,22 @@ def _model_override_problems(config) -> list:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f". Did you mean {', '.join(close)}?" if close else ""
             problems.append(f"model_overrides.{key} is not a setting of {cls.__name__} (model={config.model!r}){hint}")
+    return problems
+
+
+def _official_sampling_problems(config) -> list:
+    """official_sampling saves ADM's epsilon sampler, known for the DiC / DiCo / DiffiT denoisers only."""
+    from ..convert.official import family_of
+    from ..registry import model_spec
+
+    problems = []
+    if config.task != "denoise" or config.objective != "epsilon":
+        problems.append(f"official_sampling=true needs task 'denoise' and objective 'epsilon' (ADM's DDPM sampler), "
+                        f"got task {config.task!r} and objective {config.objective!r}")
+    try:
+        family_of(model_spec(config.model)[0])
+    except ValueError as error:
+        problems.append(f"official_sampling=true: {error}")
     return problems
 
 
