@@ -110,8 +110,11 @@ def psnr(prediction, target, data_range: float = 1.0) -> float:
 
 
 def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_steps: int = 25, seed: int = 0,
-                         batch_size: int = 8, start: int = 0) -> dict:
+                         batch_size: int = 8, start: int = 0, num_samples: int = 1) -> dict:
     """Generate views 1..V-1 of multi-view clips from their ground-truth first view and compare with the renders.
+
+    With `num_samples` = K > 1 the K outputs per clip (K noise draws) are averaged: a Monte Carlo estimate of the
+    posterior mean given view 0, the MSE-best prediction (PSNR rewards it over any single sample).
 
     `dataset` items are dicts (video (3, V, T, H, W) in [-1, 1], cameras (V, 12), timestamps (T,)), e.g.
     `MultiViewObjects`. Returns PSNR (dB) of the generated views, of the copy-the-first-view baseline, of two
@@ -119,6 +122,8 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
     views of another scene (the next clip: what a perfect such model samples) and the mean image of the other
     clips' views (the best it can predict), and the temporal frame difference of generated vs real views.
     """
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1 (outputs averaged per clip), got {num_samples}.")
     generated, real, copied = [], [], []
     generator = torch.Generator().manual_seed(seed)
     for first in range(start, start + num_clips, batch_size):
@@ -126,9 +131,10 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
         video = torch.stack([it["video"] for it in items])
         cameras = torch.stack([it["cameras"] for it in items])
         timestamps = torch.stack([it["timestamps"] for it in items])
-        out = pipeline(batch_size=len(items), num_views=video.shape[2], num_frames=video.shape[3], cameras=cameras,
-                       timestamps=timestamps, first_view=video[:, :, 0], num_inference_steps=num_inference_steps,
-                       generator=generator, output_type="np").frames  # (B, V, T, H, W, C)
+        out = np.mean([pipeline(batch_size=len(items), num_views=video.shape[2], num_frames=video.shape[3],
+                                cameras=cameras, timestamps=timestamps, first_view=video[:, :, 0],
+                                num_inference_steps=num_inference_steps, generator=generator,
+                                output_type="np").frames for _ in range(num_samples)], axis=0)  # (B, V, T, H, W, C)
         truth = ((video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2).clip(0, 1)
         generated.append(out[:, 1:])
         real.append(truth[:, 1:])
@@ -146,4 +152,5 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
         "frame_difference_real": frame_difference(flat(real)),
         "num_clips": num_clips,
         "num_inference_steps": num_inference_steps,
+        "num_samples": num_samples,
     }
