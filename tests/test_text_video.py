@@ -225,3 +225,29 @@ def test_text_video_evaluation_scores_real_clips_at_the_ceiling(encoder):
     assert real["direction_accuracy"] == 1.0 and real["digit_accuracy_videos"] >= 0.9
     assert samples["trained"].shape == (40, 4, 28, 28, 1)
     assert set(metrics["trained"]) == {"digit_accuracy_frames", "digit_accuracy_videos", "direction_accuracy", "both_right"}
+
+
+def test_video_metrics_add_frame_fid_against_moving_clips(monkeypatch):
+    """The second frame FID is the Fréchet distance to the given moving-clip moments: 0 for those very frames."""
+    from convdiff.apps import video_demo
+    from convdiff.eval import mnist
+    from convdiff.eval.frechet import Moments
+    from convdiff.eval.video_metrics import frame_features
+
+    class Pools:  # a stand-in feature network: 4x4 average pools of the first channel, (N, 49)
+        protocol = "test 4x4 pools"
+
+        def __call__(self, images):
+            x = torch.as_tensor(np.asarray(images)).float()[..., 0]
+            return torch.nn.functional.avg_pool2d(x[:, None], 4).flatten(1) / 255
+
+    extractor = Pools()
+
+    videos = MovingDigits("heldout", num_frames=4, length=12, seed=2, digits=blob_digits()).clip_uint8
+    clips = np.stack([videos(i)[0] for i in range(12)])[..., None] / 255.0
+    feats = frame_features(clips, extractor).reshape(-1, 49).double().numpy()
+    monkeypatch.setattr(mnist, "heldout_reference", lambda n, ext: (Moments.from_features(feats[::-1].copy()), None))
+    metrics = video_demo.video_metrics(clips, extractor, Moments.from_features(feats))
+    assert metrics["frame_fid_vs_moving_clips"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["frame_fid"] == pytest.approx(0.0, abs=1e-6)  # the same frames in another order
+    assert "frame_fid_vs_moving_clips" not in video_demo.video_metrics(clips, extractor)
