@@ -33,12 +33,11 @@ def scale_agreement(scales: list) -> list[float]:
 def top_scale_accuracy(images, labels) -> float:
     """Share of top-scale images (N, S, S, 1) in [0, 1] read as `labels`, on their central 28x28."""
     from ..eval.digit_classifier import class_accuracy
-    from ..eval.video_metrics import videos_uint8
+    from ..eval.image_io import to_uint8
 
     images = np.asarray(images)
     off = (images.shape[1] - 28) // 2
-    crop = images[:, off : off + 28, off : off + 28]
-    return class_accuracy(videos_uint8(crop[:, None])[:, 0], labels)
+    return class_accuracy(to_uint8(images[:, off : off + 28, off : off + 28], value_range=(0.0, 1.0)), labels)
 
 
 def evaluate_layered(pipe, per_digit: int, steps: int, guidance_scale: float, seed: int = 0, batch_size: int = 50,
@@ -47,7 +46,7 @@ def evaluate_layered(pipe, per_digit: int, steps: int, guidance_scale: float, se
     labels = np.repeat(np.arange(10), per_digit)
     prompts = [template.format(name=DIGIT_NAMES[y], label=y) for y in labels]
     pipe.set_progress_bar_config(disable=True)
-    results, shown = {}, None
+    results = {}
     for name, texts, scale in (("prompted", prompts, guidance_scale), ("empty prompt", [""] * len(prompts), 1.0)):
         scales = None
         for start in range(0, len(texts), batch_size):
@@ -58,7 +57,8 @@ def evaluate_layered(pipe, per_digit: int, steps: int, guidance_scale: float, se
         agreement = scale_agreement(scales)
         results[name] = {"top_scale_accuracy": top_scale_accuracy(scales[0], labels),
                          **{f"psnr_{np.asarray(s).shape[1]}px_vs_pooled_top": p for s, p in zip(scales[1:], agreement)}}
-        shown = scales[0] if shown is None else shown
+        if name == "prompted":
+            shown = scales[0]
     results["protocol"] = (f"{len(prompts)} samples ({per_digit} per digit, prompt {template!r}), {steps} steps, "
                            f"guidance {guidance_scale} (empty prompt: 1), seeds {seed} + batch start; digits read by "
                            "the shipped CNN on the central 28x28 of the top scale")

@@ -75,10 +75,14 @@ def evaluate_text_video(pipe, config, per_caption: int, steps: int, guidance_sca
     off = VideoPipeline(**dict(pipe.components, transformer=without_text(pipe.transformer)))
     samples["text layers off (chance)"] = sample_prompts(off, prompts, num_frames, steps, guidance_scale, seed=10_000)
     real = MovingDigits("heldout", num_frames=num_frames, length=len(prompts) * 20, motion="directed", seed=1)
-    picked = {}
-    for i in range(len(real)):  # real clips with the same captions: the first of each (digit, direction) found
+    picked, missing = {}, len(prompts)
+    for i in range(len(real)):  # real clips with the same captions, drawn until every caption has its share
         clip, digit, direction = real.clip_uint8(i)
-        picked.setdefault((digit, direction), []).append(clip)
+        if len(picked.setdefault((digit, direction), [])) < per_caption:
+            picked[(digit, direction)].append(clip)
+            missing -= 1
+            if not missing:
+                break
     real_videos = np.stack([picked[(d, m)].pop() for d, m in zip(digits, directions)])[..., None] / 255.0
     samples["real directed clips (held out)"] = real_videos
     metrics = {name: prompt_scores(videos, digits, directions) for name, videos in samples.items()}

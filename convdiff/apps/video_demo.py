@@ -64,16 +64,15 @@ def video_metrics(videos, extractor, moving_reference=None) -> dict:
     from ..eval.video_metrics import consistency_of_features, frame_difference, frame_features
 
     features = frame_features(videos, extractor)
+    moments = Moments.from_features(features.reshape(-1, features.shape[-1]).double().numpy())
     reference, save_stats = heldout_reference(500, extractor)  # the same reference as `convdiff mnist-demo`
-    fid = compute_fid(Moments.from_features(features.reshape(-1, features.shape[-1]).double().numpy()),
-                      reference, extractor=extractor, progress=False, save_stats_b=save_stats,
+    fid = compute_fid(moments, reference, extractor=extractor, progress=False, save_stats_b=save_stats,
                       protocol_extra={"frames": f"{videos.shape[0]}x{videos.shape[1]}"})
     consistency = consistency_of_features(features)
     extra = {}
     if moving_reference is not None:
-        extra["frame_fid_vs_moving_clips"] = compute_fid(
-            Moments.from_features(features.reshape(-1, features.shape[-1]).double().numpy()), moving_reference,
-            extractor=extractor, progress=False, warn_rank_deficient=False).fid
+        extra["frame_fid_vs_moving_clips"] = compute_fid(moments, moving_reference, extractor=extractor,
+                                                         progress=False, warn_rank_deficient=False).fid
     return {"frame_fid": fid.fid, **extra, "temporal_consistency": consistency["adjacent"],
             "consistency_to_first": consistency["to_first"], "frame_difference": frame_difference(videos),
             "num_videos": int(videos.shape[0]), "num_frames": int(videos.shape[1]), "fid_protocol": fid.protocol}

@@ -135,8 +135,9 @@ class _FramesPipeline(ClassConditionalPipeline):
                              "text_encoder=CLIPTextModel and tokenizer=CLIPTokenizer (a local folder: "
                              "convdiff.pipelines.text_encoders.load_text_encoder).")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = [negative_prompt or ""] if negative_prompt is None or isinstance(negative_prompt, str) \
-            else list(negative_prompt)
+        if negative_prompt is None:
+            negative_prompt = ""
+        negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts + negatives):
             raise ValueError(f"prompt and negative_prompt must be strings or lists of strings, got {prompt!r}, "
                              f"{negative_prompt!r}.")
