@@ -18,7 +18,7 @@ from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import StageConditioning
-from ..nn.modulation import AdaLNModulation, gate, modulate
+from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .checkpointing import run_block
@@ -44,7 +44,7 @@ class DiCBlock(nn.Module):
         gate_values, scale, shift = self.modulation(cond)
         h = F.gelu(modulate(self.norm1(h), shift, scale))
         h = self.conv1(h)
-        return gate(h, gate_values) + self.shortcut(x)
+        return add_gated(self.shortcut(x), gate_values, h)
 
 
 def skip_sources(depth: int, skip_stride: int):

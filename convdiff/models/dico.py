@@ -7,7 +7,6 @@ and the MLP by a 1x1-conv FFN.
 """
 
 import torch
-import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -15,7 +14,8 @@ from torch import nn
 from ..diffusion.prediction import check_prediction_type
 from ..nn.channel_attention import CompactChannelAttention
 from ..nn.embeddings import StageConditioning
-from ..nn.modulation import AdaLNModulation, gate, modulate
+from ..nn.fused_conv import conv_gelu
+from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .checkpointing import run_block
@@ -42,10 +42,10 @@ class DiCoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
-        h = F.gelu(self.depthwise(self.pointwise_in(modulate(self.norm1(x), shift1, scale1))))
-        x = x + gate(self.pointwise_out(self.channel_attention(h)), gate1)
-        h = self.ffn_out(F.gelu(self.ffn_in(modulate(self.norm2(x), shift2, scale2))))
-        return x + gate(h, gate2)
+        h = conv_gelu(self.depthwise, self.pointwise_in(modulate(self.norm1(x), shift1, scale1)))
+        x = add_gated(x, gate1, self.pointwise_out(self.channel_attention(h)))
+        h = self.ffn_out(conv_gelu(self.ffn_in, modulate(self.norm2(x), shift2, scale2)))
+        return add_gated(x, gate2, h)
 
 
 class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
