@@ -80,3 +80,35 @@ def test_unknown_model_gets_the_registry_message(capsys):
     with pytest.raises(SystemExit):
         paths.parse_args(["--models", "dico-tinyy", "dit-tiny"])
     assert "Unknown model 'dico-tinyy'" in capsys.readouterr().err
+
+
+def test_one_resident_alternation_frees_each_model_before_building_the_next():
+    live, order = set(), []
+
+    class Step:
+        def __init__(self, key):
+            self.key = key
+            live.add(key)
+            assert len(live) == 1, f"{sorted(live)} in memory together"
+
+        def __call__(self):
+            order.append(self.key)
+
+        def __del__(self):
+            live.discard(self.key)
+
+    timings, first = paths.alternate_one_resident({k: (lambda k=k: Step(k)) for k in "ab"}, rounds=2, warmup=2,
+                                                  log=quiet)
+    assert [len(timings[k].seconds) for k in "ab"] == [2, 2] and set(first) == {"a", "b"}
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # 2 warm-up calls + 1 timed, round robin
+
+
+def test_large_group_trains_one_model_at_a_time_on_the_default_path(monkeypatch):
+    monkeypatch.setattr(paths.Group, "large", property(lambda self: True))
+    resident = []
+    monkeypatch.setattr(paths, "alternate_one_resident",
+                        lambda factories, *a, **k: resident.append(sorted(factories)) or
+                        paths.alternate({key: make() for key, make in factories.items()}, 1, 1, quiet))
+    report, _ = paths.run([*TINY, "--paths", "default", "nchw", "--train-xl"], log=quiet)
+    assert resident == [[(m, "default") for m in sorted((*CONV, "dit-tiny"))]]
+    assert {(r.model, r.path) for r in report.rows if r.kind == "train"} == {(m, "default") for m in (*CONV, "dit-tiny")}

@@ -6,7 +6,7 @@ For each group of models (default: S = dic-s, dico-s, dit-s-2 and XL = dic-xl, d
   fp32 matmul rate, which is measured at the start and at the end of this same run; a model's best path is its
   fastest;
 - a training step (forward + backward + AdamW) at the default and compiled paths (the XL group only with
-  --train-xl: 700M parameters x 4 copies);
+  --train-xl, on the default path, one model in memory at a time: 700M parameters x 4 copies each);
 - sampling: a full DDIM call of ClassConditionalPipeline, latents out and with a tiny VAE decode (diffusers'
   AutoencoderTiny in its default TAESD shape, random weights: timing only), for every group but XL;
 - the ratios against the targets, each met or with its shortfall; --profile adds each model's top aten ops.
@@ -118,6 +118,29 @@ def alternate(calls: dict, rounds: int, warmup: int, log) -> tuple[dict, dict]:
     return round_robin(calls, rounds), first
 
 
+def alternate_one_resident(factories: dict, rounds: int, warmup: int, log) -> tuple[dict, dict]:
+    """`alternate` for models too big to sit side by side: in every round each factory builds its call afresh
+    (seeded, so the same weights each time), which gets `warmup` untimed calls and one timed call and is freed
+    before the next. The round-robin order is kept, so load still falls on all keys alike."""
+    timings = {key: Timing() for key in factories}
+    first = {}
+    for _ in range(rounds):
+        for key, factory in factories.items():
+            call = factory()
+            tick = time.perf_counter()
+            call()
+            first.setdefault(key, time.perf_counter() - tick)
+            for _ in range(warmup - 1):
+                call()
+            timed = round_robin({key: call}, 1)[key]
+            timings[key].seconds += timed.seconds
+            timings[key].others += timed.others
+            log(f"  {' '.join(map(str, key)):44s} {timed.seconds[0]:7.2f} s")
+            del call
+            gc.collect()
+    return timings, first
+
+
 def inference(call, inputs):
     def run():
         with torch.inference_mode():
@@ -156,14 +179,22 @@ def time_forward(group: Group, args, report: Report, log):
 
 def time_training(group: Group, args, report: Report, log):
     options = {"mode": args.compile_mode, "dynamic": False}
-    calls = {}
-    for name in group.models:
-        for path in (p for p in args.paths if p in TRAIN_PATHS):
+    paths = [p for p in args.paths if p in TRAIN_PATHS and (p == "default" or not group.large)]
+
+    def factory(name, path):
+        def make():
             model = build(name, path, train=True, compile_options=options, sample_size=args.latent_size)
-            calls[name, path] = train_step(model, path, example_inputs(model, args.batch))
-    if calls:
-        log(f"training step, group {group.label}: {len(calls)} (model, path) pairs, {args.rounds} rounds")
-        timings, first = alternate(calls, args.rounds, warmup=2, log=log)
+            return train_step(model, path, example_inputs(model, args.batch))
+        return make
+
+    factories = {(name, path): factory(name, path) for name in group.models for path in paths}
+    if factories:
+        log(f"training step, group {group.label}: {len(factories)} (model, path) pairs, {args.rounds} rounds"
+            + (", one model in memory at a time" if group.large else ""))
+        if group.large:
+            timings, first = alternate_one_resident(factories, args.rounds, warmup=2, log=log)
+        else:
+            timings, first = alternate({key: make() for key, make in factories.items()}, args.rounds, warmup=2, log=log)
         for (name, path), timing in timings.items():
             report.rows.append(Row(group.label, name, "train", path, args.batch, timing, first[name, path]))
 
@@ -385,7 +416,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latent-size", type=int, default=32, help="latent side; 32 = 256 px images (default %(default)s)")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="torch.compile mode (default %(default)s)")
     p.add_argument("--skip-train", action="store_true", help="no training-step timing")
-    p.add_argument("--train-xl", action="store_true", help="also time the XL group's training step (~11 GB per model)")
+    p.add_argument("--train-xl", action="store_true", help="also time the XL group's training step on the default path, each model built afresh every "
+                        "round and freed before the next (~11 GB + activations: one XL model in memory at a time)")
     p.add_argument("--skip-sampling", action="store_true", help="no sampling timing")
     p.add_argument("--sampling-steps", type=int, default=25, help="DDIM steps per sampling call (default %(default)s)")
     p.add_argument("--guidance-scale", type=float, default=1.0,
