@@ -1,8 +1,9 @@
 """Conv2d followed by GELU as one oneDNN call on CPU inference, the two ops everywhere else.
 
 The GELU is applied to each output tile while it is still in cache instead of in a second pass over the whole
-map: measured on DiCo's depthwise 3x3 (1.15 -> 0.72 ms at 8x256x32x32) and its FFN's first 1x1 conv
-(docs/benchmarks.md). oneDNN's erf GELU rounds differently from ATen's by about 1e-6 relative.
+map. With the single-pass modulations of nn/modulation.py it took DiCo-S's forward from 1.21x to 1.36x
+DiT-S/2's on the CPU (docs/benchmarks.md, "Reading the 14:33 run"). oneDNN's erf GELU rounds differently from
+ATen's by about 1e-6 relative.
 
 The fused op has no autograd and is not traceable, so it runs only where nothing needs it to be: a CPU fp32
 input with gradients off (or nothing requiring them), no autocast, no torch.compile tracing, and a plain
