@@ -18,6 +18,7 @@ from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import StageConditioning
+from ..nn.fast_conv import run_conv
 from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
@@ -40,11 +41,11 @@ class DiCBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.conv0(F.gelu(self.norm0(x)))
+        h = run_conv(self.conv0, F.gelu(self.norm0(x)))
         gate_values, scale, shift = self.modulation(cond)
         h = F.gelu(modulate(self.norm1(h), shift, scale))
-        h = self.conv1(h)
-        return add_gated(self.shortcut(x), gate_values, h)
+        h = run_conv(self.conv1, h)
+        return add_gated(run_conv(self.shortcut, x), gate_values, h)
 
 
 def skip_sources(depth: int, skip_stride: int):

@@ -14,7 +14,7 @@ from torch import nn
 from ..diffusion.prediction import check_prediction_type
 from ..nn.channel_attention import CompactChannelAttention
 from ..nn.embeddings import StageConditioning
-from ..nn.fused_conv import conv_gelu
+from ..nn.fast_conv import run_conv
 from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
@@ -42,10 +42,11 @@ class DiCoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
-        h = conv_gelu(self.depthwise, self.pointwise_in(modulate(self.norm1(x), shift1, scale1)))
-        x = add_gated(x, gate1, self.pointwise_out(self.channel_attention(h)))
-        h = self.ffn_out(conv_gelu(self.ffn_in, modulate(self.norm2(x), shift2, scale2)))
-        return add_gated(x, gate2, h)
+        h = run_conv(self.pointwise_in, modulate(self.norm1(x), shift1, scale1))
+        h = run_conv(self.depthwise, h, gelu=True)
+        x = add_gated(x, gate1, run_conv(self.pointwise_out, self.channel_attention(h)))
+        h = run_conv(self.ffn_in, modulate(self.norm2(x), shift2, scale2), gelu=True)
+        return add_gated(x, gate2, run_conv(self.ffn_out, h))
 
 
 class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
@@ -122,9 +123,9 @@ class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     def _decode(self, x, skips, conds):
         enc1, enc2 = skips
         c2 = conds[1]
-        x = self.reduce_2(torch.cat([self.up_2(x), enc2], dim=1))
+        x = run_conv(self.reduce_2, torch.cat([self.up_2(x), enc2], dim=1))
         x = self._stage(self.decoder_2, x, c2)
-        x = self.reduce_1(torch.cat([self.up_1(x), enc1], dim=1))
+        x = run_conv(self.reduce_1, torch.cat([self.up_1(x), enc1], dim=1))
         x = self._stage(self.decoder_1, x, c2)
         return self.head(x, c2)
 

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from .fast_conv import run_conv
 from .modulation import AdaLNModulation, modulate
 from .norms import LayerNorm2d
 
@@ -39,7 +40,7 @@ class ConvStem(nn.Module):
         xavier_like_linear(self.proj)
 
     def forward(self, x):
-        return self.proj(x)
+        return run_conv(self.proj, x)
 
 
 class PixelUnshuffleDown(nn.Module):
@@ -51,7 +52,7 @@ class PixelUnshuffleDown(nn.Module):
         self.shuffle = nn.PixelUnshuffle(2)
 
     def forward(self, x):
-        return self.shuffle(self.conv(x))
+        return self.shuffle(run_conv(self.conv, x))
 
 
 class PixelShuffleUp(nn.Module):
@@ -63,7 +64,7 @@ class PixelShuffleUp(nn.Module):
         self.shuffle = nn.PixelShuffle(2)
 
     def forward(self, x):
-        return self.shuffle(self.conv(x))
+        return self.shuffle(run_conv(self.conv, x))
 
 
 class ModulatedConvHead(nn.Module):
@@ -85,4 +86,4 @@ class ModulatedConvHead(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(cond)
-        return self.proj(modulate(self.norm(x), shift, scale))
+        return run_conv(self.proj, modulate(self.norm(x), shift, scale))
