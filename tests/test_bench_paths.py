@@ -112,3 +112,22 @@ def test_large_group_trains_one_model_at_a_time_on_the_default_path(monkeypatch)
     report, _ = paths.run([*TINY, "--paths", "default", "nchw", "--train-xl"], log=quiet)
     assert resident == [[(m, "default") for m in sorted((*CONV, "dit-tiny"))]]
     assert {(r.model, r.path) for r in report.rows if r.kind == "train"} == {(m, "default") for m in (*CONV, "dit-tiny")}
+
+
+def test_onednn_path_turns_the_gemm_route_off_for_its_calls_and_is_never_best(monkeypatch):
+    from convdiff.apps.benchmarks.model_paths import build, on_path
+    from convdiff.nn import fast_conv
+
+    model = build("dico-tiny", "default", sample_size=8)
+    seen = []
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: seen.append(fast_conv.MAX_MATMUL_ROWS))
+    on_path(model, "onednn")()
+    on_path(model, "default")()
+    assert seen == [0, 1024] and fast_conv.MAX_MATMUL_ROWS == 1024
+    monkeypatch.undo()
+
+    monkeypatch.setattr(paths, "measure_matmul_peak", lambda precision: 100.0)
+    report, _ = paths.run([*TINY, "--paths", "default", "onednn", "--skip-train", "--skip-sampling"], log=quiet)
+    forward = {(r.model, r.path) for r in report.rows if r.kind == "forward"}
+    assert forward == {*((m, p) for m in CONV for p in ("default", "onednn")), ("dit-tiny", "default")}
+    assert all(report.best("forward", m).path == "default" for m in CONV)

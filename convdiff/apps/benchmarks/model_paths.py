@@ -3,7 +3,9 @@
 - `nchw`: a conv model (DiC, DiCo) as it ran before it went channels-last: 4-D weights and the input kept NCHW;
 - `default`: what `create_model(name)` gives and `model(x, t, y)` runs (DiC / DiCo channels-last inside,
   models/memory_format.py; diffusers' models unchanged);
-- `compiled`: the default path under `torch.compile` (tests/test_compile.py: one graph, no breaks).
+- `compiled`: the default path under `torch.compile` (tests/test_compile.py: one graph, no breaks);
+- `onednn` (asked for by name, never a best path): a conv model's default path with every convolution through
+  oneDNN, `nn/fast_conv.py`'s GEMM route for few-row convs turned off: what that route is worth, side by side.
 
 Library imports stay inside the functions, so a command that imports this module answers `--help` without
 loading diffusers (tests/test_cli.py).
@@ -14,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 PATHS = ("nchw", "default", "compiled")
+DIAGNOSTIC_PATHS = ("onednn",)
 
 
 def has_nchw_path(model) -> bool:
@@ -27,8 +30,8 @@ def build(name: str, path: str, train: bool = False, compile_options: dict | Non
     """A seeded registry model on `path`; `compiled` compiles in place, as the recipe key `compile: true` does."""
     from ...registry import create_model
 
-    if path not in PATHS:
-        raise ValueError(f"Unknown path {path!r}: use one of {', '.join(PATHS)}.")
+    if path not in PATHS + DIAGNOSTIC_PATHS:
+        raise ValueError(f"Unknown path {path!r}: use one of {', '.join(PATHS + DIAGNOSTIC_PATHS)}.")
     torch.manual_seed(0)
     model = create_model(name, **overrides).train(train)
     if path == "nchw" and has_nchw_path(model):
@@ -53,12 +56,27 @@ def nchw_input(enabled: bool = True):
         control_points.to_channels_last = saved
 
 
+@contextmanager
+def without_gemm_route(enabled: bool = True):
+    """The onednn path: no conv is few-rowed enough for fast_conv's GEMM route while this lasts."""
+    from ...nn import fast_conv
+
+    saved = fast_conv.MAX_MATMUL_ROWS
+    if enabled:
+        fast_conv.MAX_MATMUL_ROWS = 0
+    try:
+        yield
+    finally:
+        fast_conv.MAX_MATMUL_ROWS = saved
+
+
 def on_path(model, path: str):
-    """`model` as a callable on `path`: the NCHW path also keeps the input's layout."""
-    keep = path == "nchw" and has_nchw_path(getattr(model, "_orig_mod", model))
+    """`model` as a callable on `path`: the NCHW path also keeps the input's layout, the onednn path turns the
+    GEMM route off."""
+    conv = has_nchw_path(getattr(model, "_orig_mod", model))
 
     def call(*args, **kwargs):
-        with nchw_input(keep):
+        with nchw_input(path == "nchw" and conv), without_gemm_route(path == "onednn"):
             return model(*args, **kwargs)
 
     return call

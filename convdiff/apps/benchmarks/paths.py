@@ -34,7 +34,7 @@ import torch
 from .forward import profile_table
 from .instruments import (CpuMeter, Timing, add_report_options, count, machine_line, measure_matmul_peak,
                           round_robin)
-from .model_paths import PATHS, build, example_inputs, has_nchw_path, on_path, train_step
+from .model_paths import DIAGNOSTIC_PATHS, PATHS, build, example_inputs, has_nchw_path, on_path, train_step
 
 GROUPS = {"S": ("dic-s", "dico-s", "dit-s-2"), "XL": ("dic-xl", "dico-xl", "dit-xl-2")}
 # The project's CPU fp32 speed targets, conv model over its group's transformer: (conv, transformer, path) -> the
@@ -99,7 +99,7 @@ class Report:
         return next((r for r in self.rows if (r.kind, r.model, r.path) == (kind, model, path)), None)
 
     def best(self, kind: str, model: str) -> Row | None:
-        pool = [r for r in self.rows if (r.kind, r.model) == (kind, model)]
+        pool = [r for r in self.rows if (r.kind, r.model) == (kind, model) and r.path not in DIAGNOSTIC_PATHS]
         return max(pool, key=lambda r: r.images_per_second) if pool else None
 
 
@@ -158,13 +158,13 @@ def time_forward(group: Group, args, report: Report, log):
         inputs = example_inputs(model, args.batch)
         defaults[name] = (model, inputs)
         for path in args.paths:
-            if path == "nchw" and not report.conv[name]:
+            if path in ("nchw", *DIAGNOSTIC_PATHS) and not report.conv[name]:
                 continue  # a transformer runs the same on both: its default path is the one to compare
             if path == "nchw":
                 runner = build(name, "nchw", sample_size=args.latent_size)
             elif path == "compiled":  # a wrapper sharing the default's weights: XL models fit in memory
                 runner = torch.compile(model, mode=args.compile_mode, dynamic=False)
-            else:
+            else:  # default, or onednn: the default's model, run by on_path without the GEMM route
                 runner = model
             calls[name, path] = inference(on_path(runner, path), inputs)
     log(f"forward, group {group.label}: {len(calls)} (model, path) pairs, {args.rounds} rounds")
@@ -408,8 +408,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"groups to compare, each a preset ({presets}) or comma-separated registry names; a group's "
                             "first non-conv model is the baseline of its ratios (default: %(default)s)")
     which.add_argument("--models", nargs="+", help="registry names forming one group (instead of --groups)")
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
-                   help="paths to time (default: %(default)s); training and sampling use default and compiled only")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + DIAGNOSTIC_PATHS,
+                   help="paths to time (default: %(default)s); onednn: a conv model's default path with every conv "
+                        "through oneDNN (fast_conv's GEMM route off; never a best path); training and sampling use "
+                        "default and compiled only")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds of forward and training (default %(default)s)")
     p.add_argument("--sampling-rounds", type=int, default=3, help="timed rounds of sampling (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="images per forward, step and sampling call (default %(default)s)")
