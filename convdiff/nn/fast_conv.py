@@ -14,8 +14,8 @@
 - Otherwise the module call itself.
 
 Under torch.compile tracing, and for anything but a plain `nn.Conv2d` whose forward nobody has wrapped or
-hooked (LoRA, layerwise casting, offloading hooks), the module call runs. Measured: docs/benchmarks.md ("Reading
-the 14:33 run" and after).
+hooked (LoRA, layerwise casting, offloading hooks), the module call runs. Measured side by side with
+`convdiff bench-paths --paths default onednn` (docs/benchmarks.md, "Reading the 15:07, 15:26 and 15:31 runs").
 """
 
 import torch
