@@ -6,7 +6,8 @@
   1x1 kernel, or a k x k weight of >= 16M elements. oneDNN reorders the weight into its blocked layout at every
   eager call; with few rows that reorder is a large share of the work. A channels-last 1x1 kernel already is the
   (out, in) matrix, and a channels-last k x k kernel the (out, kh*kw*in) matrix of the (kh, kw, c) columns built
-  below, so no weight is copied. F.linear keeps autograd, so training takes this path too.
+  below, so no weight is copied. F.linear keeps autograd, so training takes this path too. The choice depends on
+  the batch size, so a sample's last bits can differ between batch sizes (as oneDNN's own choices can).
 - With the GELU fused into the oneDNN convolution (or GEMM), applied to each output tile while it is still in
   cache instead of in a second pass over the map. These fused ops have no autograd and are not traceable, so
   they run only on CPU fp32 inference: gradients off (or nothing requiring them), no autocast. oneDNN's erf GELU
