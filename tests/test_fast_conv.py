@@ -127,3 +127,11 @@ def test_dico_inference_forward_equals_its_training_forward():
     assert "mkldnn::_convolution_pointwise" in ops
     assert training.abs().max() > 0.1
     torch.testing.assert_close(inference, training.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_padding_mode_other_than_zeros_keeps_the_module_call():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16, padding_mode="reflect")
+    x = torch.randn(2, 16, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_conv(conv, x, gelu=True), F.gelu(conv(x)))

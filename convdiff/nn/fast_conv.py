@@ -45,26 +45,27 @@ def _plain_module(conv: nn.Module) -> bool:
 
 def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether the oneDNN fused ops may run: CPU fp32 inference with nothing needing autograd or autocast."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or conv.weight.dtype != torch.float32:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     return not torch.is_autocast_enabled("cpu")
 
 
 def _as_matmul(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     kh, kw = conv.kernel_size
-    if x.device.type != "cpu" or conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1):
+    if x.shape[0] * x.shape[2] * x.shape[3] > MAX_MATMUL_ROWS or x.device.type != "cpu":  # most calls stop here
         return False
-    if conv.padding_mode != "zeros" or kh % 2 == 0 or kw % 2 == 0 or conv.padding != (kh // 2, kw // 2):
+    if (kh, kw) != (1, 1) and conv.weight.numel() < MIN_MATMUL_KERNEL_WEIGHT:
         return False
-    if not x.is_contiguous(memory_format=torch.channels_last) or not conv.weight.permute(0, 2, 3, 1).is_contiguous():
+    if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.padding_mode != "zeros":
         return False
-    if x.shape[0] * x.shape[2] * x.shape[3] > MAX_MATMUL_ROWS:
+    if kh % 2 == 0 or kw % 2 == 0 or conv.padding != (kh // 2, kw // 2):
         return False
-    return (kh, kw) == (1, 1) or conv.weight.numel() >= MIN_MATMUL_KERNEL_WEIGHT
+    return (x.is_contiguous(memory_format=torch.channels_last)
+            and conv.weight.is_contiguous(memory_format=torch.channels_last))
 
 
 def _matmul_conv(conv: nn.Conv2d, x: torch.Tensor, gelu: bool) -> torch.Tensor:
@@ -74,7 +75,7 @@ def _matmul_conv(conv: nn.Conv2d, x: torch.Tensor, gelu: bool) -> torch.Tensor:
     if (kh, kw) != (1, 1):
         padded = F.pad(rows, (0, 0, kw // 2, kw // 2, kh // 2, kh // 2))
         rows = torch.cat([padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], dim=-1)
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # a view: checked in _as_matmul
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # a view of a channels-last kernel
     if gelu and _LINEAR_POINTWISE is not None and _fusable(conv, x):
         out = _LINEAR_POINTWISE(rows, weight, conv.bias, "gelu", [], "none")
     else:
@@ -85,11 +86,12 @@ def _matmul_conv(conv: nn.Conv2d, x: torch.Tensor, gelu: bool) -> torch.Tensor:
 
 def run_conv(conv: nn.Module, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """`conv(x)`, or `F.gelu(conv(x))` with `gelu=True`, on the fastest path the rules above allow."""
-    if torch.compiler.is_compiling() or x.ndim != 4 or not _plain_module(conv):  # compiling: first, so that
-        return F.gelu(conv(x)) if gelu else conv(x)                               # dynamo traces no checks
-    if _as_matmul(conv, x):
+    # is_compiling first, so that dynamo traces none of the checks
+    plain = torch.compiler.is_compiling() or x.ndim != 4 or not _plain_module(conv)
+    if not plain and _as_matmul(conv, x):
         return _matmul_conv(conv, x, gelu)
-    if gelu and _CONV_POINTWISE is not None and not isinstance(conv.padding, str) and _fusable(conv, x):
+    if (not plain and gelu and _CONV_POINTWISE is not None and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and _fusable(conv, x)):
         return _CONV_POINTWISE(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
                                conv.groups, "gelu", [], "none")
     return F.gelu(conv(x)) if gelu else conv(x)
