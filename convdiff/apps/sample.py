@@ -191,9 +191,10 @@ def sample_main(argv=None):
         labels, columns = grid_labels(num_classes)
     else:
         labels, columns = None, 8
+    if not state.is_main_process:  # a grid is one process's work: the others would sample it only to drop it
+        return 0
     n = len(labels) if labels is not None else 64
     images = generate(pipeline, n, args.seed, args.batch_size, labels, **call)
-    if state.is_main_process:
-        make_grid(images.astype(np.float32) / 255.0, columns).save(output)
-        print(f"wrote a {n}-sample grid to {output}")
+    make_grid(images.astype(np.float32) / 255.0, columns).save(output)
+    print(f"wrote a {n}-sample grid to {output}")
     return 0

@@ -182,8 +182,8 @@ def write_adm_npz(output, ranges, labels) -> Path:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                           "shape": shape}
                 np.lib.format.write_array_header_1_0(member, header)
-                for start, stop in ranges:
-                    images = read_batch(output, start, stop)
+                for index, (start, stop) in enumerate(ranges):
+                    images = first if index == 0 else read_batch(output, start, stop)
                     if images.shape[1:] != shape[1:]:
                         raise ValueError(f"batch {batch_name(start, stop)} holds {images.shape[1:]} images, the "
                                          f"first batch {shape[1:]}; pass --overwrite to sample again.")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .fid import FIDResult
-from .frechet import Moments, RunningMoments, frechet_distance, warn_if_rank_deficient
+from .frechet import Moments, frechet_distance, warn_if_rank_deficient
 from .inception import file_sha256, nv_bilinear_resize
 from .video_metrics import videos_uint8
 
@@ -96,11 +96,7 @@ class I3DFeatureExtractor:
 
 def video_moments(videos, extractor) -> Moments:
     """Float64 moments of the I3D features of videos (N, F, H, W, C), or ``videos`` itself if already Moments."""
-    if isinstance(videos, Moments):
-        return videos
-    acc = RunningMoments()
-    acc.update(extractor(videos))
-    return acc.moments()
+    return videos if isinstance(videos, Moments) else Moments.from_features(extractor(videos))
 
 
 class FVDResult(FIDResult):
