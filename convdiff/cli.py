@@ -1,4 +1,5 @@
-"""`convdiff <command>`: train, sample, fid, convert, bench, bench-paths, extract-latents, mnist-demo.
+"""`convdiff <command>`: train, sample, fid, convert, bench, bench-paths, extract-latents, distill, mnist-demo,
+controlnet-demo, layered-eval, video-demo (the COMMANDS table below, also `convdiff --help`).
 
 Each command lives next to the code it runs (a library layer's `*_main`, or an application module in
 `convdiff/apps/`); this file only dispatches, importing lazily so `convdiff --help` stays fast. A user error

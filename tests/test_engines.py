@@ -77,7 +77,7 @@ def test_training_launched_for_deepspeed_stops_before_writing(tmp_path, monkeypa
     assert not (tmp_path / "run").exists()
 
 
-def launch(config_file, args, tmp_path):
+def launch(config_file, args):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config_file),
                "--num_processes", "2", str(ROOT / "scripts/train.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -89,7 +89,7 @@ def test_the_shipped_deepspeed_config_names_what_to_install(tmp_path):
         pytest.skip("deepspeed is installed here")
     except ImportError:
         pass
-    run = launch("configs/accelerate/deepspeed.yaml", [*TINY, f"output_dir={tmp_path / 'run'}"], tmp_path)
+    run = launch("configs/accelerate/deepspeed.yaml", [*TINY, f"output_dir={tmp_path / 'run'}"])
     assert run.returncode != 0 and "install deepspeed" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
@@ -100,7 +100,7 @@ def test_fsdp_on_cpu_shards_checkpoints_resumes_exactly_and_matches_one_process(
     one = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *TINY, f"output_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    fsdp = launch("configs/accelerate/fsdp.yaml", [*TINY, "sample_steps=2", f"output_dir={tmp_path / 'fsdp'}"], tmp_path)
+    fsdp = launch("configs/accelerate/fsdp.yaml", [*TINY, "sample_steps=2", f"output_dir={tmp_path / 'fsdp'}"])
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     assert "2 process(es) (DistributedType.FSDP)" in fsdp.stderr, fsdp.stderr[-3000:]
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):  # one shard file per process
@@ -108,8 +108,7 @@ def test_fsdp_on_cpu_shards_checkpoints_resumes_exactly_and_matches_one_process(
             ["__0_0.distcp", "__1_0.distcp"]
     assert (tmp_path / "fsdp/samples/step-0000002.png").exists()  # drawn from the gathered model
     resumed = launch("configs/accelerate/fsdp.yaml",
-                     [*TINY, f"resume_from_checkpoint={tmp_path / 'fsdp/checkpoint-2'}", f"output_dir={tmp_path / 'resumed'}"],
-                     tmp_path)
+                     [*TINY, f"resume_from_checkpoint={tmp_path / 'fsdp/checkpoint-2'}", f"output_dir={tmp_path / 'resumed'}"])
     assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-3000:]
 
     weights = "pipeline/transformer/diffusion_pytorch_model.safetensors"  # the EMA weights, gathered

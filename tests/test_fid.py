@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import save_torchscript
 from convdiff.eval import (
     InceptionWeightsNotFound,
     Moments,
@@ -299,11 +300,7 @@ class TinyFeatures(torch.nn.Module):
 
 @pytest.fixture
 def tiny_weights(tmp_path):
-    path = tmp_path / "tiny.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: the format the FID weights ship in
-        torch.jit.save(torch.jit.script(TinyFeatures().eval()), str(path))
-    return path
+    return save_torchscript(TinyFeatures(), tmp_path / "tiny.pt")  # TorchScript: the format the FID weights ship in
 
 
 def run_cli(capsys, *args):

@@ -160,8 +160,6 @@ def register_ema(accelerator, ema) -> None:
         state = ema.state_dict()
         state["shadow_params"] = [full_tensor(p) for p in state["shadow_params"]]  # FSDP shards: gathered by all
         if accelerator.is_main_process:
-            import torch
-
             torch.save(state, Path(output_dir) / EMA_FILE)
 
     def load(models, input_dir):

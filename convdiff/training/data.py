@@ -40,8 +40,9 @@ def check_vae(info: dict, vae_path, data_path) -> None:
         return
     with init_empty_weights():  # the config is all that is compared: no weights are read or allocated
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_path))
-    if vae_config_hash(vae) != recorded:
+    given = vae_config_hash(vae)
+    if given != recorded:
         raise ValueError(f"data_path={data_path} holds latents made with the VAE {info['vae']} (config hash "
                          f"{recorded[:12]}), but vae={vae_path} has another config "
-                         f"({vae_config_hash(vae)[:12]}): set vae= to the VAE that made them, or extract the latents "
+                         f"({given[:12]}): set vae= to the VAE that made them, or extract the latents "
                          "again with this one.")

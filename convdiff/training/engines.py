@@ -137,12 +137,14 @@ def on_full_model(accelerator, model, fn) -> None:
         if accelerator.is_main_process:
             fn(base)
         return
-    state = {name: full_tensor(value).cpu() for name, value in base.state_dict().items()}
+    state = {}
+    for name, value in base.state_dict().items():
+        whole = full_tensor(value)  # a collective: every process gathers, only the main one keeps the weights
+        if accelerator.is_main_process:
+            state[name] = whole.cpu()  # the copy is built on the CPU: no second full model on the GPU
     if accelerator.is_main_process:
-        from ..models.memory_format import restore_channels_last
-
         plain = next(c for c in type(base).__mro__[1:] if "FSDP" not in c.__name__)  # the class fully_shard wrapped
-        copy = plain.from_config(base.config)
-        copy.load_state_dict(state)
-        fn(restore_channels_last(copy).to(accelerator.device).eval())
+        copy = plain.from_config(base.config)  # a channels-last model builds its weights channels-last
+        copy.load_state_dict(state)  # in place: the layout stays
+        fn(copy.to(accelerator.device).eval())
     accelerator.wait_for_everyone()

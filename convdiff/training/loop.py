@@ -53,10 +53,11 @@ def train(config: TrainConfig):
     output_dir = Path(config.output_dir)
     earlier = claim_run_folder(output_dir, config.resume_from_checkpoint, config.overwrite)
     task = make_task(config)
-    engine = check_engine(config, gpu=has_accelerator())  # FSDP / DeepSpeed as launched, or a clear refusal
+    gpu = has_accelerator()
+    engine = check_engine(config, gpu=gpu)  # FSDP / DeepSpeed as launched, or a clear refusal
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)
     accelerator = Accelerator(
-        cpu=not has_accelerator(),  # so `--multi_gpu --num_processes N` gives real gloo DDP on a CPU machine
+        cpu=not gpu,  # so `--multi_gpu --num_processes N` gives real gloo DDP on a CPU machine
         mixed_precision=config.mixed_precision,
         log_with=config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
