@@ -27,7 +27,7 @@ import torch
 
 from ...nn.attention import BACKENDS, attention
 from ...registry import create_model
-from .instruments import CpuMeter, count, machine_line
+from .instruments import CpuMeter, append_section, count, machine_line
 
 MODELS = ("diffit-xl", "dit-xl-2")
 
@@ -148,7 +148,6 @@ def main(argv=None) -> int:
     section = "\n".join(parts) + "\n"
     print(section)
     if not args.no_write:
-        with open(args.output, "a") as f:
-            f.write("\n" + section)
+        append_section(section, args.output)
         print(f"appended to {args.output}")
     return 0

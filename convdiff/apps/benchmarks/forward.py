@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .instruments import (PRECISIONS, CpuMeter, add_report_options, autocast_context, count, machine_line,
-                          measure_matmul_peak)
+from .instruments import (PRECISIONS, CpuMeter, add_report_options, append_section, autocast_context, count,
+                          machine_line, mean_of_known, measure_matmul_peak)
 
 DEFAULT_MODELS = ["dic-s", "dico-s", "dit-s-2", "dic-xl", "dico-xl", "dit-xl-2"]
 # Matmul ceilings (GFLOP/s) the lead measured for this class of machine (2 cores); overridable on the command line.
@@ -96,8 +96,7 @@ class Result:
 
     @property
     def others_cores(self) -> float | None:
-        known = [o for o in self.others if o is not None]
-        return sum(known) / len(known) if known else None
+        return mean_of_known(self.others)
 
     @property
     def seconds_per_batch(self) -> float:
@@ -441,9 +440,7 @@ def main(argv=None) -> int:
     print()
     print(section)
     if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "a") as f:
-            f.write("\n" + section)
+        append_section(section, args.output)
         print(f"appended to {args.output}")
     return 0
 

@@ -222,8 +222,13 @@ class Timing:
 
     @property
     def others_cores(self) -> float | None:
-        known = [o for o in self.others if o is not None]
-        return sum(known) / len(known) if known else None
+        return mean_of_known(self.others)
+
+
+def mean_of_known(values) -> float | None:
+    """The mean of the values that are not None (None if there are none): cores other processes used."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def round_robin(calls: dict, rounds: int, repeats: int = 1) -> dict:
@@ -248,6 +253,14 @@ def add_report_options(parser, output) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to --output")
     parser.add_argument("--output", type=Path, default=output, help=f"markdown file to append to (default: {output})")
     parser.add_argument("--title", default=None, help="heading for the appended section")
+
+
+def append_section(section: str, path) -> None:
+    """Append a benchmark's markdown section to `path` (docs/benchmarks.md); other sections are never rewritten."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("\n" + section)
 
 
 def autocast_context(precision: str):

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from .forward import profile_table
-from .instruments import (CpuMeter, Timing, add_report_options, count, machine_line, measure_matmul_peak,
-                          round_robin)
+from .instruments import (CpuMeter, Timing, add_report_options, append_section, count, machine_line,
+                          measure_matmul_peak, round_robin)
 from .model_paths import DIAGNOSTIC_PATHS, PATHS, build, example_inputs, has_nchw_path, on_path, train_step
 
 GROUPS = {"S": ("dic-s", "dico-s", "dit-s-2"), "XL": ("dic-xl", "dico-xl", "dit-xl-2")}
@@ -458,8 +458,7 @@ def run(argv=None, log=print) -> tuple[Report, str]:
     section = render(args, argv, report, started, meter, load_before)
     log("\n" + section)
     if not args.no_write:
-        with open(args.output, "a") as f:
-            f.write("\n" + section)
+        append_section(section, args.output)
         log(f"appended to {args.output}")
     return report, section
 

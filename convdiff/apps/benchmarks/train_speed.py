@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .instruments import machine_line, measure_matmul_peak, round_robin
+from .instruments import append_section, machine_line, measure_matmul_peak, round_robin
 from .model_paths import PATHS, build, example_inputs, train_step
 
 MODELS = ["dic-mnist", "dico-mnist", "unet-mnist", "dit-mnist"]
@@ -70,6 +70,5 @@ def main(argv=None):
                f"{args.steps} steps, paths alternated round-robin\n\n{table}\n")
     print(section)
     if not args.no_write:
-        with open(Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md", "a") as f:
-            f.write("\n" + section)
+        append_section(section, Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md")
     return 0

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from .instruments import append_section
+
 DEFAULT_MODELS = ["dic-mnist", "dico-mnist", "unet-mnist", "dit-mnist"]
 OURS = ("DiC", "DiCo")
 DOC_PATH = Path("docs/benchmarks.md")
@@ -324,13 +326,6 @@ Per run:
 """
 
 
-def append_section(section: str, path: Path = DOC_PATH) -> None:
-    """Append only: other sections of the file are never rewritten."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("\n" + section)
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 def parse_args(argv=None):
@@ -373,6 +368,6 @@ def main(argv=None) -> int:
     print("\n" + section)
     print(f"total wall time: {time.perf_counter() - started:.0f} s")
     if not args.no_write:
-        append_section(section, Path(args.doc))
+        append_section(section, args.doc)
         print(f"appended to {args.doc}")
     return 0
