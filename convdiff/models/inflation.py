@@ -49,6 +49,16 @@ SYNC_EMBED_DIM = 128
 DIFFUSERS_BLOCKS = {"UNet2DModel": ("ResnetBlock2D",), "DiTTransformer2DModel": ("BasicTransformerBlock",)}
 
 
+def declared_blocks(model: nn.Module, *attributes: str) -> tuple:
+    """The block class names of the first of `attributes` the model sets (e.g. "_repeated_blocks"), else the
+    repeated block of diffusers' own models, which name none."""
+    for attribute in attributes:
+        names = getattr(model, attribute, None)
+        if names:
+            return tuple(names)
+    return DIFFUSERS_BLOCKS.get(type(model).__name__, ())
+
+
 @dataclass(frozen=True)
 class InflationOptions:
     """The design of the inserted layers; the inflated model's config keeps the same names.
@@ -218,8 +228,7 @@ def plan_inflation(base: nn.Module) -> dict:
     Returns {"blocks": [[name, width], ...], "timestep_embedders": [[name, width], ...]} in module order.
     The plan is stored in the inflated model's config, so loading never needs the dry run.
     """
-    block_classes = set(getattr(base, "_repeated_blocks", None) or getattr(base, "_no_split_modules", None)
-                        or DIFFUSERS_BLOCKS.get(type(base).__name__, ()))
+    block_classes = set(declared_blocks(base, "_repeated_blocks", "_no_split_modules"))
     if not block_classes:
         raise ValueError(f"{type(base).__name__} lists no repeated block class (_repeated_blocks), so inflation "
                          f"cannot tell where to insert temporal layers.")

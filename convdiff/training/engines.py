@@ -92,9 +92,9 @@ def is_fsdp(accelerator) -> bool:
 def wrap_classes(model) -> list:
     """The block classes FSDP shards as units: those of the model's `_no_split_modules` that it contains
     (for diffusers' own baselines, which name none, their repeated block, as inflation uses)."""
-    from ..models.inflation import DIFFUSERS_BLOCKS
+    from ..models.inflation import declared_blocks
 
-    names = list(getattr(model, "_no_split_modules", None) or DIFFUSERS_BLOCKS.get(type(model).__name__, ()))
+    names = list(declared_blocks(model, "_no_split_modules"))
     present = {type(m).__name__ for m in model.modules()}
     found = [n for n in names if n in present]  # a converted model may have lost some (ΔConvFusion's attention)
     if not found:
