@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .class_paths import class_path, import_class
-from .memory_format import restore_channels_last
+from .memory_format import restore_layout
 from .video_control import condition_frames
 
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
@@ -145,7 +145,7 @@ class ControlNet(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        return restore_channels_last(super().from_pretrained(*args, **kwargs))
+        return restore_layout(super().from_pretrained(*args, **kwargs))
 
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func=torch.utils.checkpoint.checkpoint) -> None:

@@ -15,9 +15,10 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from .convfusion import convert_self_attention
+from .memory_format import ExactReloadMixin
 
 
-class LabelConditionedUNet(ModelMixin, ConfigMixin):
+class LabelConditionedUNet(ExactReloadMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]  # the units FSDP shards (training/engines.py)
 

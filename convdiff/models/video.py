@@ -48,7 +48,7 @@ from .inflation import (  # noqa: F401
     resolve_base_class,
 )
 from .inputs import broadcast_timesteps
-from .memory_format import restore_channels_last
+from .memory_format import restore_layout
 from .video_control import InflatedControlMixin
 
 # Config entries of the 2D model that the inflated model repeats, so training / pipeline helpers read them as usual.
@@ -126,7 +126,7 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = restore_channels_last(super().from_pretrained(*args, **kwargs))
+        model = restore_layout(super().from_pretrained(*args, **kwargs))
         model.freeze_spatial_layers(model.config.freeze_spatial)  # loading rebuilds the parameters
         return model
 
