@@ -25,3 +25,22 @@ def save_torchscript(module: torch.nn.Module, path):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def assert_saved_as_recipe(pipeline_dir, config, scheduler_class=None):
+    """A folder the training loop wrote samples by default as its recipe says (sample_scheduler, steps, guidance),
+    carries a model card with the run's record, and loads through diffusers' DiffusionPipeline as the same class."""
+    from pathlib import Path
+
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(pipeline_dir, trust_remote_code=True)
+    assert type(pipeline).__module__.startswith("convdiff.pipelines.")
+    assert pipeline.sampling_arguments()["num_inference_steps"] == config.sample_num_inference_steps
+    assert pipeline.sampling_arguments()["guidance_scale"] == config.sample_guidance_scale
+    if scheduler_class is not None:
+        assert type(pipeline.scheduler).__name__ == scheduler_class
+    card = (Path(pipeline_dir) / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "## Training" in card
+    assert f"{config.max_train_steps} optimizer steps" in card or "optimizer steps" in card
+    return pipeline

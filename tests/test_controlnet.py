@@ -10,7 +10,7 @@ from convdiff.pipelines import ClassConditionalPipeline, ControlNetPipeline
 from convdiff.pipelines.controlnet import prepare_condition_image
 from convdiff.registry import create_model
 
-from conftest import randomize_
+from conftest import randomize_, assert_saved_as_recipe
 
 # Every backbone with the residual-injection interface, at a tiny size (name, overrides).
 BACKBONES = [
@@ -363,6 +363,7 @@ def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, t
     from safetensors.torch import load_file
 
     from convdiff.training import train_main
+    from convdiff.training.config import load_config
 
     base_folder, base_model = tiny_base
     out = tmp_path / "run"
@@ -371,6 +372,7 @@ def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, t
                 "max_train_steps=3", "learning_rate=0.01", "report_to=null", "logging_steps=1", "use_ema=false",
                 "checkpointing_steps=0", "sample_num_inference_steps=2", f"output_dir={out}"])
     pipe = ControlNetPipeline.from_pretrained(out / "pipeline")
+    assert_saved_as_recipe(out / "pipeline", load_config(None, ["sample_num_inference_steps=2"]))
     saved_base = load_file(out / "pipeline/transformer/diffusion_pytorch_model.safetensors")
     for key, value in base_model.state_dict().items():
         assert torch.equal(saved_base[key], value), key  # frozen

@@ -300,8 +300,12 @@ def test_folder_round_trip(tmp_path, name, cls):
     path = tmp_path / "ckpt.pt"
     torch.save({"ema": random_official(name), "args": argparse.Namespace(model=name)}, path)
     out = convert_official_to_folder(path, tmp_path / "converted", model=name, sample_size=16)
-    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "transformer"]
+    # the pipeline, the code file diffusers' DiffusionPipeline.from_pretrained loads it by, and its model card
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "convdiff_pipeline.py", "model_index.json", "scheduler",
+                                                     "transformer"]
     assert sorted(p.name for p in (out / "transformer").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "## Conversion" in card and "source checkpoint: ckpt.pt" in card
     assert leftovers(tmp_path) == []
     loaded = cls.from_pretrained(out, subfolder="transformer").eval()
     assert loaded.config.sample_size == 16

@@ -16,7 +16,7 @@ from convdiff.models.label_conditioned_unet import LabelConditionedUNet
 from convdiff.nn.linear_attention import NormalizedLinearAttention
 from convdiff.nn.pyramid_conv import DeltaConvBlock
 
-from conftest import randomize_
+from conftest import randomize_, assert_saved_as_recipe
 
 
 def tiny_unet(**overrides):
@@ -331,7 +331,9 @@ def test_distill_task_runs_in_the_training_loop_and_saves_a_converted_pipeline(t
     from convdiff.pipelines import ClassConditionalPipeline
     from convdiff.training.loop import train
 
-    pipeline_dir = train(distill_config(tmp_path, **{"task_options.student": "linear"}))
+    config = distill_config(tmp_path, **{"task_options.student": "linear"})
+    pipeline_dir = train(config)
+    assert_saved_as_recipe(pipeline_dir, config)
     pipe = ClassConditionalPipeline.from_pretrained(pipeline_dir)
     assert len(student_modules(pipe.transformer)) == 4
     assert all(isinstance(m, LinearSelfAttention) for m in student_modules(pipe.transformer).values())

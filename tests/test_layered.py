@@ -18,7 +18,7 @@ from convdiff.pipelines.layered_scheduler import LayeredScheduler
 from convdiff.pipelines.text_encoders import encode_prompts, load_text_encoder, tiny_text_encoder
 from convdiff.registry import create_model
 
-from conftest import randomize_
+from conftest import randomize_, assert_saved_as_recipe
 
 SIZES = [16, 8]
 
@@ -353,6 +353,7 @@ def test_layered_task_trains_and_its_saved_pipeline_samples(tmp_path):
     pipeline_dir = train(config)
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
     assert (tmp_path / "run" / "samples" / "final-16px.png").is_file()
+    assert_saved_as_recipe(pipeline_dir, config, "LayeredScheduler")
     pipe = LayeredTextToImagePipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(prompt=["a handwritten digit one", "a handwritten digit two"], num_inference_steps=2,

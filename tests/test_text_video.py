@@ -13,6 +13,7 @@ from convdiff.pipelines import ClassConditionalPipeline
 from convdiff.pipelines.text_encoders import encode_pooled, tiny_text_encoder
 from convdiff.pipelines.video import FourDPipeline, VideoPipeline
 from convdiff.registry import create_model
+from conftest import assert_saved_as_recipe
 
 TINY = dict(hidden_size=8, depth=[1, 1, 1, 1, 1], sample_size=8)
 TEXT_DIM = 16
@@ -185,6 +186,7 @@ def test_video_task_with_text_trains_the_text_layers_and_saves_a_prompted_pipeli
     config = load_config("configs/text-video-moving-digits.yaml", overrides + [f"output_dir={tmp_path / 'run'}"])
     loaded = VideoPipeline.from_pretrained(train(config))
     assert loaded.transformer.config.text_dim == 16 and loaded.text_encoder is not None
+    assert_saved_as_recipe(tmp_path / "run" / "pipeline", config, "FlowMatchEulerDiscreteScheduler")
     fresh = inflate(base, to="video", max_frames=16, text_dim=16).state_dict()
     trained = loaded.transformer.state_dict()
     assert any(not torch.equal(trained[k], fresh[k]) for k in trained if ".text." in k)  # the text layers trained

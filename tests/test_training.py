@@ -15,6 +15,7 @@ from convdiff.training.batches import StreamBatchSampler, step_generator
 from convdiff.training.checkpoints import list_checkpoints, resolve_resume
 from convdiff.training.config import load_config
 from convdiff.training.objectives import DiffusionObjective, FlowObjective, make_objective
+from conftest import assert_saved_as_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -203,9 +204,11 @@ def test_image_folder_trains(tmp_path):
         for i in range(3):
             Image.fromarray(np.random.randint(0, 255, (40, 36), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
     out = tmp_path / "out"
-    train_main([*TINY, "data=image_folder", "resolution=28", "random_flip=true", f"data_path={tmp_path / 'data'}",
-                "max_train_steps=2", "checkpointing_steps=0", f"output_dir={out}"])
-    assert (out / "pipeline/model_index.json").exists()
+    args = [*TINY, "data=image_folder", "resolution=28", "random_flip=true", f"data_path={tmp_path / 'data'}",
+            "max_train_steps=2", "checkpointing_steps=0", f"output_dir={out}"]
+    train_main(args)
+    # DDIM: the recipe's sample_scheduler default, kept as the saved pipeline's sampler
+    assert_saved_as_recipe(out / "pipeline", load_config(None, args), "DDIMScheduler")
 
 
 @pytest.mark.slow

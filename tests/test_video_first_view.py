@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
-from conftest import randomize_
+from conftest import randomize_, assert_saved_as_recipe
 
 from convdiff.models.video import inflate
 from convdiff.pipelines.video import FourDPipeline
@@ -115,6 +115,8 @@ def test_conditioned_training_resumes_exactly_and_saves_the_clean_mode(tmp_path)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     pipe = FourDPipeline.from_pretrained(resumed_dir)
     assert pipe.config.first_view_mode == "clean" and isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert_saved_as_recipe(resumed_dir, load_config("configs/4d-synthetic.yaml", overrides),
+                           "FlowMatchEulerDiscreteScheduler")
 
 
 class InputRecorder:

@@ -36,9 +36,10 @@ def adherence(samples: torch.Tensor, conditions: torch.Tensor, detector: str = "
     }
 
 
-def evaluate(pipeline, num_digits: int = 200, steps: int = 25, scheduler: str | None = None, seed: int = 0,
+def evaluate(pipeline, num_digits: int = 200, steps: int | None = None, scheduler: str | None = None, seed: int = 0,
              batch_size: int = 100):
-    """(metrics per arm, conditions, controlled, uncontrolled) on the first `num_digits` held-out digits."""
+    """(metrics per arm, conditions, controlled, uncontrolled) on the first `num_digits` held-out digits, sampled
+    with the pipeline's own steps and guidance (`ControlNetPipeline.from_base` keeps the base's) unless given."""
     from ..data.edges import canny_edges
     from ..data.mnist import mnist_digits
     from ..pipelines.schedulers import make_scheduler
@@ -93,7 +94,8 @@ def controlnet_demo_main(argv=None):
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="training recipe (task: controlnet)")
     parser.add_argument("--controlnet", help=f"skip training and evaluate this ControlNet folder (e.g. {SHIPPED.relative_to(ROOT)})")
     parser.add_argument("--num-digits", type=int, default=200, help="held-out digits to evaluate")
-    parser.add_argument("--steps", type=int, default=25, help="sampler steps for the evaluation (default: 25)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps for the evaluation (default: the base pipeline's own)")
     parser.add_argument("--scheduler", default=None,
                         help="sampler (convdiff.pipelines.schedulers name; default: the base pipeline's own)")
     parser.add_argument("--grid", default=None, help="where to write the grid (default: <output_dir>/controlnet-grid.png)")
@@ -118,7 +120,8 @@ def controlnet_demo_main(argv=None):
     started = time.perf_counter()
     metrics, conditions, controlled, uncontrolled = evaluate(pipe, args.num_digits, args.steps, args.scheduler)
     print(f"evaluated {args.num_digits} held-out digits x 2 arms in {time.perf_counter() - started:.0f} s "
-          f"({args.scheduler or type(pipe.scheduler).__name__}, {args.steps} steps, Canny edges of the samples vs the condition)")
+          f"({args.scheduler or type(pipe.scheduler).__name__}, {pipe.sampling_arguments(num_inference_steps=args.steps)}, "
+          "Canny edges of the samples vs the condition)")
     print(markdown_table(metrics))
     grid_path = Path(args.grid) if args.grid else Path(config.output_dir) / "controlnet-grid.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,11 @@ def top_scale_accuracy(images, labels) -> float:
     return class_accuracy(to_uint8(images[:, off : off + 28, off : off + 28], value_range=(0.0, 1.0)), labels)
 
 
-def evaluate_layered(pipe, per_digit: int, steps: int, guidance_scale: float, seed: int = 0, batch_size: int = 50,
+def evaluate_layered(pipe, per_digit: int, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                     batch_size: int = 50,
                      template: str = "a handwritten digit {name}") -> tuple[dict, np.ndarray]:
-    """({"prompted": ..., "empty prompt": ...} figures, the prompted top-scale images)."""
+    """({"prompted": ..., "empty prompt": ...} figures, the prompted top-scale images); steps and guidance left as
+    None are the pipeline's own (its default call)."""
     labels = np.repeat(np.arange(10), per_digit)
     prompts = [template.format(name=DIGIT_NAMES[y], label=y) for y in labels]
     pipe.set_progress_bar_config(disable=True)
@@ -70,8 +72,9 @@ def layered_eval_main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="pipelines/layered-mnist", help="pipeline folder (default: %(default)s)")
     parser.add_argument("--per-digit", type=int, default=20, help="samples per digit (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=25, help="sampler steps (default: %(default)s)")
-    parser.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the pipeline's own)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance (default: the pipeline's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first batch (default: %(default)s)")
     parser.add_argument("--grid", help="save the prompted top-scale samples as a grid PNG (one column per digit)")
     args = parser.parse_args(argv)

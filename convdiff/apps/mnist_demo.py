@@ -15,38 +15,49 @@ from pathlib import Path
 import numpy as np
 
 from ..eval.mnist import score_mnist_samples
+from ..pipelines.model_card import add_evaluation
 from ..training.config import load_config
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "dic-mnist-tiny.yaml"
 GRID_SIZE = 100  # the first 100 balanced samples: 10 rows, column c = digit c
 
 
-def mnist_samples(pipeline, num_samples: int, steps: int, scheduler: str, guidance_scale: float = 1.0,
-                  seed: int = 10_000, progress: bool = True):
-    """uint8 samples (N, 28, 28, 1) and their labels (i mod 10), sample i seeded with seed + i."""
+def mnist_samples(pipeline, num_samples: int, steps: int | None = None, scheduler: str | None = None,
+                  guidance_scale: float | None = None, seed: int = 10_000, progress: bool = True):
+    """uint8 samples (N, 28, 28, 1) and their labels (i mod 10), sample i seeded with seed + i. Steps, sampler and
+    guidance left as None are the pipeline's own: the default call `pipe(class_labels=...)`."""
     from ..pipelines.schedulers import make_scheduler
     from ..grids import balanced_labels
     from .sample import generate
 
-    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
+    if scheduler is not None:
+        pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler)
     labels = balanced_labels(num_samples, 10)
     samples = generate(pipeline, num_samples, seed=seed, batch_size=100, labels=labels, progress=progress,
                        num_inference_steps=steps, guidance_scale=guidance_scale)
     return samples, np.asarray(labels)
 
 
-def mnist_scores(pipeline, num_samples: int = 500, steps: int = 25, scheduler: str = "ddim",
-                 guidance_scale: float = 1.0, seed: int = 10_000, progress: bool = True, samples=None):
-    """FID and class accuracy of `num_samples` balanced-label samples (eval/mnist.py); `samples` = (images, labels)
-    already drawn with `mnist_samples` and the same settings, to reuse them."""
+def sampling_used(pipeline, steps: int | None = None, guidance_scale: float | None = None) -> dict:
+    """The sampler, steps and guidance a call with these arguments uses, as the protocol line records them."""
+    resolved = pipeline.sampling_arguments(num_inference_steps=steps, guidance_scale=guidance_scale)
+    return {"sampler": type(pipeline.scheduler).__name__, "steps": resolved["num_inference_steps"],
+            "guidance": resolved["guidance_scale"]}
+
+
+def mnist_scores(pipeline, num_samples: int = 500, steps: int | None = None, scheduler: str | None = None,
+                 guidance_scale: float | None = None, seed: int = 10_000, progress: bool = True, samples=None):
+    """FID and class accuracy of `num_samples` balanced-label samples (eval/mnist.py), by default with the
+    pipeline's own sampling; `samples` = (images, labels) already drawn with `mnist_samples` and the same
+    settings, to reuse them."""
     images, labels = samples if samples is not None else mnist_samples(pipeline, num_samples, steps, scheduler,
                                                                         guidance_scale, seed, progress)
-    return score_mnist_samples(images[:num_samples], labels[:num_samples], progress=progress, sampler=scheduler,
-                               steps=steps, guidance=guidance_scale)
+    return score_mnist_samples(images[:num_samples], labels[:num_samples], progress=progress,
+                               **sampling_used(pipeline, steps, guidance_scale))
 
 
-def mnist_fid(pipeline, num_samples: int = 500, steps: int = 25, scheduler: str = "ddim", guidance_scale: float = 1.0,
-              seed: int = 10_000, progress: bool = True):
+def mnist_fid(pipeline, num_samples: int = 500, steps: int | None = None, scheduler: str | None = None,
+              guidance_scale: float | None = None, seed: int = 10_000, progress: bool = True):
     """The FID part of `mnist_scores` (a FIDResult)."""
     return mnist_scores(pipeline, num_samples, steps, scheduler, guidance_scale, seed, progress).fid
 
@@ -60,10 +71,12 @@ def demo_main(argv=None):
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="training recipe (YAML)")
     parser.add_argument("--pipeline", help="skip training and evaluate this saved pipeline folder instead")
     parser.add_argument("--fid-samples", type=int, default=500, help="samples for FID and class accuracy")
-    parser.add_argument("--fid-steps", type=int, default=None, help="sampler steps (default: the recipe's sample_num_inference_steps)")
-    parser.add_argument("--scheduler", default=None, help="sampler (default: the recipe's sample_scheduler)")
+    parser.add_argument("--fid-steps", type=int, default=None,
+                        help="sampler steps (default: the pipeline's, which training saved from the recipe's "
+                             "sample_num_inference_steps)")
+    parser.add_argument("--scheduler", default=None, help="sampler (default: the pipeline's, the recipe's sample_scheduler)")
     parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance (default: the recipe's sample_guidance_scale)")
+                        help="classifier-free guidance (default: the pipeline's, the recipe's sample_guidance_scale)")
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     args = parser.parse_args(argv)
     if args.fid_samples < 2:
@@ -73,9 +86,7 @@ def demo_main(argv=None):
     from ..grids import make_grid
 
     config = load_config(args.config, args.overrides)
-    steps = args.fid_steps or config.sample_num_inference_steps
-    scheduler = args.scheduler or config.sample_scheduler
-    guidance = config.sample_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    steps, scheduler, guidance = args.fid_steps, args.scheduler, args.guidance_scale  # None: the default call
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     if args.pipeline:
@@ -96,11 +107,13 @@ def demo_main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
 
     tick = time.perf_counter()
-    _stage(f"sampling {max(args.fid_samples, GRID_SIZE)} digits ({scheduler}, {steps} steps, guidance {guidance})")
     images, labels = mnist_samples(pipe, max(args.fid_samples, GRID_SIZE), steps, scheduler, guidance)
+    used = sampling_used(pipe, steps, guidance)
     grid_path = output_dir / "grid.png"
     make_grid(images[:GRID_SIZE].astype(np.float32) / 255.0, 10).save(grid_path)
-    _stage(f"sampled in {time.perf_counter() - tick:.0f} s; 10x10 class grid (columns = digits 0-9): {grid_path}")
+    _stage(f"sampled {len(images)} digits ({used['sampler']}, {used['steps']} steps, guidance {used['guidance']}"
+           f"{', the pipeline defaults' if steps is None and scheduler is None and guidance is None else ''}) in "
+           f"{time.perf_counter() - tick:.0f} s; 10x10 class grid (columns = digits 0-9): {grid_path}")
 
     tick = time.perf_counter()
     scores = mnist_scores(pipe, args.fid_samples, steps, scheduler, guidance, samples=(images, labels))
@@ -109,4 +122,9 @@ def demo_main(argv=None):
     print(f"class accuracy (independent digit classifier): {scores.accuracy:.1%}")
     print(f"protocol: {scores.protocol}")
     print(f"total: {time.perf_counter() - started:.0f} s")
+    if not args.pipeline:  # the folder this run made gets its figures; a folder given to evaluate is not touched
+        add_evaluation(pipeline_dir, [f"- FID vs held-out MNIST digits: {scores.fid.fid:.2f}",
+                                      f"- class accuracy (independent digit classifier): {scores.accuracy:.1%}",
+                                      f"- protocol: {scores.protocol}",
+                                      f"- command: convdiff mnist-demo --config {args.config}"])
     return 0

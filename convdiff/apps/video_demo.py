@@ -96,8 +96,10 @@ def add_fvd(results: dict, samples: dict, reference: np.ndarray, i3d) -> str:
     return result.protocol
 
 
-def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir: Path, scheduler=None,
-                   i3d=None, guidance_scale: float = 1.0) -> dict:
+def evaluate_video(pipeline_dir, config, num_videos: int, steps: int | None, output_dir: Path, scheduler=None,
+                   i3d=None, guidance_scale: float | None = None) -> dict:
+    """Video metrics of the trained pipeline, sampled with its own steps and guidance unless given; the image
+    model it was inflated from is sampled with the same settings, so the two differ only by the model."""
     from ..data.moving_digits import MovingDigits
     from ..eval.inception import InceptionFeatureExtractor
     from ..models.video import inflate
@@ -112,6 +114,8 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int, output_dir
     pipe = VideoPipeline.from_pretrained(pipeline_dir)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    used = pipe.sampling_arguments(num_inference_steps=steps, guidance_scale=guidance_scale)
+    steps, guidance_scale = used["num_inference_steps"], used["guidance_scale"]
     sampler = f"{type(pipe.scheduler).__name__} {steps} steps, guidance {guidance_scale}"
     if pipe.transformer.config.get("text_dim"):
         return evaluate_prompts(pipe, config, num_videos, steps, guidance_scale, output_dir)
@@ -189,7 +193,7 @@ def without_view_layers(model):
     return model
 
 
-def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Path, scheduler=None) -> dict:
+def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int | None, output_dir: Path, scheduler=None) -> dict:
     from ..eval.video_metrics import fourd_view_synthesis
     from ..pipelines.schedulers import make_scheduler
     from ..pipelines.video import FourDPipeline
@@ -199,6 +203,7 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int, output_dir: Pa
     pipe = FourDPipeline.from_pretrained(pipeline_dir)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    steps = pipe.sampling_arguments(num_inference_steps=steps)["num_inference_steps"]  # None: the pipeline's own
     sampler = f"{type(pipe.scheduler).__name__} {steps} steps"
     pipe.set_progress_bar_config(disable=True)
     held_out_config = load_config(None, [f"seed={config.seed + 1}", "task=video"])
@@ -261,12 +266,12 @@ def video_demo_main(argv=None):
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="training recipe (default: %(default)s)")
     parser.add_argument("--pipeline", help="skip training and evaluate this saved pipeline folder")
     parser.add_argument("--num-videos", type=int, default=16, help="videos (or 4D scenes) to sample for the metrics")
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps for the metrics")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps for the metrics (default: each pipeline's own)")
     parser.add_argument("--scheduler", default=None,
                         help="sampler (convdiff.pipelines.schedulers name); default: the pipeline's own, the training "
                              "DDPM (learned-range variance for learned sigma), which beats DDIM for the short CPU runs")
     parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance for the video metrics (default: the recipe's sample_guidance_scale)")
+                        help="classifier-free guidance for the video metrics (default: each pipeline's own)")
     parser.add_argument("--assets", help="also copy the GIFs / PNGs into this folder (e.g. docs/video)")
     parser.add_argument("--i3d", metavar="FILE",
                         help="I3D TorchScript (i3d_torchscript.pt, Kinetics-400) for FVD against held-out clips "
@@ -291,7 +296,7 @@ def video_demo_main(argv=None):
     evaluate = evaluate_4d if mode == "4d" else evaluate_video
     fvd = {"i3d": args.i3d} if args.i3d else {}
     if mode != "4d":
-        fvd["guidance_scale"] = config.sample_guidance_scale if args.guidance_scale is None else args.guidance_scale
+        fvd["guidance_scale"] = args.guidance_scale
     metrics = evaluate(pipeline_dir, config, args.num_videos, args.steps, output_dir, args.scheduler, **fvd)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))

@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import warnings
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -481,15 +482,16 @@ def _check_target(output_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it.")
 
 
-def save_folder_atomically(model, output_dir, overwrite: bool = False) -> Path:
+def save_folder_atomically(model, output_dir, overwrite: bool = False, **save_kwargs) -> Path:
     """`save_pretrained` (safetensors) of a model or pipeline into a hidden partial folder beside `output_dir`, fsynced, then renamed
     into place (convdiff/files.py). On any failure the target is left exactly as it was and the partial folder
     is removed; a failed write (disk full, no permission) raises one OSError naming the folder and the cause.
+    `save_kwargs` go to `save_pretrained` (a pipeline's model-card `conversion` record).
     """
     output_dir = Path(output_dir)
     _check_target(output_dir, overwrite)
     # it may have appeared meanwhile: checked again just before the swap
-    return replace_folder(output_dir, lambda folder: model.save_pretrained(folder, safe_serialization=True),
+    return replace_folder(output_dir, lambda folder: model.save_pretrained(folder, safe_serialization=True, **save_kwargs),
                           check=lambda: _check_target(output_dir, overwrite))
 
 
@@ -538,4 +540,10 @@ def convert_official_to_folder(path, output_dir, model="dico-xl", use_ema: bool 
     _check_target(Path(output_dir), overwrite)  # fail before the (slow) load
     vae = load_vae(vae)
     converted = convert_official_checkpoint(path, model, use_ema=use_ema, trust_pickle=trust_pickle, **config_overrides)
-    return save_folder_atomically(official_pipeline(converted, vae), output_dir, overwrite=overwrite)
+    conversion = {"source checkpoint": Path(path).name, "model": model if isinstance(model, str) else "a config dict",
+                  "weights": "EMA" if use_ema else "raw (use_ema=False)",
+                  "sampling": "the official sample script's (ADM's DDPM, its steps and guidance): convert/sampling.py",
+                  "checked against the official code": "docs/parity.md of the convdiff repository",
+                  "date": time.strftime("%Y-%m-%d")}
+    return save_folder_atomically(official_pipeline(converted, vae), output_dir, overwrite=overwrite,
+                                  conversion=conversion)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..data.image_folder import CaptionedImageFolder
 from ..grids import make_grid
 from ..models.convfusion import convert_self_attention
+from ..pipelines.saved_folder import pipeline_class_name
 from ..pipelines.text_encoders import encode_prompts
 from ..training.denoise_task import DenoiseTask, check_model_fits_data, model_config_holder
 from ..training.objectives import make_objective
@@ -49,12 +50,12 @@ WEIGHT_OPTIONS = {"noise_weight": 1.0, "teacher_weight": 1.0, "feature_weight": 
 TEXT_TO_IMAGE = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
-def pipeline_class_name(folder) -> str:
+def teacher_class_name(folder) -> str:
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise ValueError(f"task_options.teacher={str(folder)!r} is not a pipeline folder (no model_index.json): give "
                          "a saved pipeline, e.g. outputs/distill-teacher-mnist/pipeline or a Stable Diffusion folder.")
-    return json.loads(index.read_text())["_class_name"]
+    return pipeline_class_name(json.loads(index.read_text())["_class_name"])
 
 
 def make_student(teacher, options: dict):
@@ -79,7 +80,7 @@ class DistillTask(DenoiseTask):
                              f"{', '.join(CONVERT_OPTIONS)}, {', '.join(WEIGHT_OPTIONS)}.")
         self.weights = {k: float(self.options.get(k, v)) for k, v in WEIGHT_OPTIONS.items()}
         self.teacher_path = self.option("teacher", required=True)
-        self.teacher_class = pipeline_class_name(self.teacher_path)
+        self.teacher_class = teacher_class_name(self.teacher_path)
 
     def build_model(self, dataset):
         from ..pipelines import ClassConditionalPipeline
@@ -202,6 +203,6 @@ class TextToImageDistillTask(DistillTask):
 def make_distill_task(config) -> DistillTask:
     """The distill task for the recipe's teacher folder: text-to-image for a Stable Diffusion folder."""
     teacher = dict(config.task_options).get("teacher")
-    if teacher and pipeline_class_name(teacher) in TEXT_TO_IMAGE:
+    if teacher and teacher_class_name(teacher) in TEXT_TO_IMAGE:
         return TextToImageDistillTask(config)
     return DistillTask(config)

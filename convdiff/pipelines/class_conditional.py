@@ -40,9 +40,6 @@ from .denoising import DenoisingPipeline, SamplingState
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# What a call uses for an argument it does not pass, unless the pipeline's sampling_defaults say otherwise.
-BUILTIN_SAMPLING = {"num_inference_steps": 50, "guidance_scale": 1.0, "guidance_channels": None,
-                    "guidance_schedule": "constant"}
 FLOW_PARAMETERISATIONS = ("flow", "flow_prediction", "rectified_flow")
 LEARNED_VARIANCE = ("learned", "learned_range")
 
@@ -81,6 +78,8 @@ class ClassConditionalPipeline(DenoisingPipeline):
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
+    builtin_sampling = {**DenoisingPipeline.builtin_sampling, "guidance_channels": None,
+                        "guidance_schedule": "constant"}
 
     def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
                  id2label: dict | None = None, sampling_defaults: dict | None = None):
@@ -89,26 +88,12 @@ class ClassConditionalPipeline(DenoisingPipeline):
         # JSON turns int keys into strings; store strings so an in-memory and a reloaded pipeline agree.
         id2label = {str(k): v for k, v in id2label.items()} if id2label else None
         self.register_to_config(id2label=id2label)
-        # A pipeline config attribute, the diffusers way (like DiTPipeline's id2label): save_pretrained writes it
-        # into model_index.json and from_pretrained hands it back to __init__, so a saved folder samples as its
-        # maker meant without flags or a side file. Registered only when given, so pipelines that subclass this
-        # one without the argument (ControlNet) save no key they could not reload.
-        if sampling_defaults:
-            unknown = sorted(set(sampling_defaults) - set(BUILTIN_SAMPLING))
-            if unknown:
-                raise ValueError(f"sampling_defaults takes {sorted(BUILTIN_SAMPLING)}, got unknown key(s) {unknown}.")
-            self.register_to_config(sampling_defaults=dict(sampling_defaults))
+        self.register_sampling_defaults(sampling_defaults)
         self.labels = {}
         for key, names in (id2label or {}).items():
             for name in names.split(","):
                 self.labels[name.strip()] = int(key)
         self.labels = dict(sorted(self.labels.items()))
-
-    def sampling_arguments(self, **given) -> dict:
-        """Each sampling argument as given, else the pipeline's `sampling_defaults`, else `BUILTIN_SAMPLING`."""
-        saved = self.config.get("sampling_defaults") or {}
-        return {name: given[name] if given.get(name) is not None else saved.get(name, builtin)
-                for name, builtin in BUILTIN_SAMPLING.items()}
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Map class names (any comma-separated synonym in id2label) to class ids."""

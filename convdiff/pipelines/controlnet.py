@@ -127,6 +127,13 @@ class ControlMixin:
     def sample_size(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def resolve_control_sampling(self, guidance_scale, kwargs: dict) -> tuple:
+        """The guidance scale and steps of this call, from the pipeline's sampling_defaults where not given: the
+        control checks and the control schedule need them before the base pipeline's call resolves its own."""
+        sampling = self.sampling_arguments(guidance_scale=guidance_scale,
+                                           num_inference_steps=kwargs.get("num_inference_steps"))
+        return sampling["guidance_scale"], sampling["num_inference_steps"]
+
     def prepare_condition(self, image, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
         """One ControlNet's conditioning input as a checked tensor (the video pipelines also take one per frame)."""
         return prepare_condition_image(image, batch, channels, height, width)
@@ -225,16 +232,17 @@ class ControlNetPipeline(ControlMixin, ClassConditionalPipeline):
     model_cpu_offload_seq = "controlnet->transformer->vae"
 
     def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
-                 vae: ModelMixin | None = None, id2label: dict | None = None):
+                 vae: ModelMixin | None = None, id2label: dict | None = None, sampling_defaults: dict | None = None):
         controlnet = self.as_controlnet(controlnet, transformer)
-        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label)
+        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label,
+                         sampling_defaults=sampling_defaults)
         self.register_modules(controlnet=controlnet)
 
     @classmethod
     def from_base(cls, base: ClassConditionalPipeline, controlnet) -> "ControlNetPipeline":
-        """Put ControlNet(s) on a loaded base pipeline (its transformer, scheduler, vae and labels)."""
+        """Put ControlNet(s) on a loaded base pipeline (its transformer, scheduler, vae, labels and sampling defaults)."""
         return cls(transformer=base.transformer, controlnet=controlnet, scheduler=base.scheduler, vae=base.vae,
-                   id2label=base.config.get("id2label"))
+                   id2label=base.config.get("id2label"), sampling_defaults=base.config.get("sampling_defaults"))
 
     def sample_size(self) -> tuple[int, int]:
         return self._sample_shape()[1:]
@@ -242,7 +250,8 @@ class ControlNetPipeline(ControlMixin, ClassConditionalPipeline):
     @torch.no_grad()
     def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
                  control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
-                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float = 1.0, **kwargs):
+                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float | None = None,
+                 **kwargs):
         r"""Generate images that follow the conditioning image(s).
 
         Args:
@@ -254,7 +263,8 @@ class ControlNetPipeline(ControlMixin, ClassConditionalPipeline):
             guess_mode: per-depth scales logspace(-1, 0) and control on the conditional half of CFG only.
             class_labels, batch_size, guidance_scale and the rest: as in `ClassConditionalPipeline.__call__`.
         """
-        check_sampling_arguments(kwargs.get("num_inference_steps", 50), guidance_scale, class_labels)
+        guidance_scale, kwargs["num_inference_steps"] = self.resolve_control_sampling(guidance_scale, kwargs)
+        check_sampling_arguments(kwargs["num_inference_steps"], guidance_scale, class_labels)
         if isinstance(class_labels, int):
             class_labels = [class_labels]
         _, batch = self.check_class_labels(class_labels, batch_size, guidance_scale)
@@ -277,15 +287,16 @@ class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
     model_cpu_offload_seq = "text_encoder->controlnet->unet"
 
     def __init__(self, unet: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None,
-                 tokenizer=None):
+                 tokenizer=None, sampling_defaults: dict | None = None):
         controlnet = self.as_controlnet(controlnet, unet)
-        super().__init__(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        super().__init__(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                         sampling_defaults=sampling_defaults)
         self.register_modules(controlnet=controlnet)
 
     @classmethod
     def from_base(cls, base: LayeredTextToImagePipeline, controlnet) -> "LayeredControlNetPipeline":
         return cls(unet=base.unet, controlnet=controlnet, scheduler=base.scheduler, text_encoder=base.text_encoder,
-                   tokenizer=base.tokenizer)
+                   tokenizer=base.tokenizer, sampling_defaults=base.config.get("sampling_defaults"))
 
     def sample_size(self) -> tuple[int, int]:
         size = self.unet.scale_sizes[0]
@@ -295,10 +306,11 @@ class LayeredControlNetPipeline(ControlMixin, LayeredTextToImagePipeline):
     def __call__(self, image=None, prompt=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
                  control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
                  guess_mode: bool = False, negative_prompt=None, batch_size: int | None = None,
-                 guidance_scale: float = 1.0, **kwargs):
+                 guidance_scale: float | None = None, **kwargs):
         r"""Generate images that follow the conditioning image(s); the control arguments are those of
         `ControlNetPipeline.__call__`, the rest those of `LayeredTextToImagePipeline.__call__`."""
-        check_sampling_arguments(kwargs.get("num_inference_steps", 50), guidance_scale, class_labels)
+        guidance_scale, kwargs["num_inference_steps"] = self.resolve_control_sampling(guidance_scale, kwargs)
+        check_sampling_arguments(kwargs["num_inference_steps"], guidance_scale, class_labels)
         *_, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size, guidance_scale,
                                       kwargs.get("output_type", "pil"), kwargs.get("generator"))
         base_call = super().__call__

@@ -27,7 +27,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from .arguments import check_sampling_arguments
 from .guidance import GuidanceSchedule, guidance_scale_at
+from .model_card import write_model_card
+from .saved_folder import pipeline_class_name, write_diffusers_entry
 
 
 @dataclass
@@ -56,14 +59,64 @@ class SamplingState:
 
 
 class DenoisingPipeline(DiffusionPipeline):
-    """A `DiffusionPipeline` with the one denoising loop; `denoiser_name` names its denoiser component."""
+    """A `DiffusionPipeline` with the one denoising loop; `denoiser_name` names its denoiser component.
+
+    Every convdiff pipeline takes `sampling_defaults`, `{argument: value}` for the arguments in
+    `builtin_sampling`: what a call uses when it does not pass them. It is a pipeline config attribute, the
+    diffusers way (like DiTPipeline's id2label): `save_pretrained` writes it into model_index.json and
+    `from_pretrained` hands it back to `__init__`, so a trained or converted folder samples with no arguments as
+    its figures were measured (the training loop records the recipe's sampler, steps and guidance).
+    """
 
     denoiser_name = "transformer"
     _callback_tensor_inputs = ["latents"]
+    # What a call uses for an argument it does not pass, unless the pipeline's sampling_defaults say otherwise.
+    builtin_sampling = {"num_inference_steps": 50, "guidance_scale": 1.0}
 
     @property
     def denoiser(self):
         return getattr(self, self.denoiser_name)
+
+    # ---- the sampling a call uses by default -------------------------------------------------------------
+    def register_sampling_defaults(self, sampling_defaults: dict | None) -> None:
+        """Check `sampling_defaults` (it may come from someone else's model_index.json) and record it."""
+        if sampling_defaults:
+            unknown = sorted(set(sampling_defaults) - set(self.builtin_sampling))
+            if unknown:
+                raise ValueError(f"sampling_defaults of {type(self).__name__} takes {sorted(self.builtin_sampling)}, "
+                                 f"got unknown key(s) {unknown}.")
+            merged = {**self.builtin_sampling, **sampling_defaults}
+            try:
+                check_sampling_arguments(merged["num_inference_steps"], merged["guidance_scale"])
+            except ValueError as error:
+                raise ValueError(f"sampling_defaults: {error}") from None
+        self.register_to_config(sampling_defaults=dict(sampling_defaults) if sampling_defaults else None)
+
+    # ---- saved folders: diffusers' custom-pipeline convention and a model card (saved_folder.py) ----------
+    def save_pretrained(self, save_directory, *args, training: dict | None = None, conversion: dict | None = None,
+                        evaluation: list[str] | None = None, **kwargs):
+        """diffusers' save, plus the code file and `[file, class]` entry that let `DiffusionPipeline.from_pretrained`
+        find this class, and a model card (README.md) with the `training` / `conversion` records and `evaluation`
+        lines given."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_diffusers_entry(save_directory, type(self))
+        write_model_card(save_directory, self, training=training, conversion=conversion, evaluation=evaluation)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' config reading, with a `[file, class]` `_class_name` read as the class name: loading through
+        a convdiff class never imports the folder's code file (diffusers would, for a `[file, class]` entry)."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if "_class_name" in config:
+            config["_class_name"] = pipeline_class_name(config["_class_name"])
+        return loaded
+
+    def sampling_arguments(self, **given) -> dict:
+        """Each sampling argument as given, else the pipeline's `sampling_defaults`, else `builtin_sampling`."""
+        saved = self.config.get("sampling_defaults") or {}
+        return {name: given[name] if given.get(name) is not None else saved.get(name, builtin)
+                for name, builtin in self.builtin_sampling.items()}
 
     # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
     @property

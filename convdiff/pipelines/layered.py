@@ -53,9 +53,11 @@ class LayeredTextToImagePipeline(DenoisingPipeline):
     model_cpu_offload_seq = "text_encoder->unet"
     _optional_components = ["text_encoder", "tokenizer"]
 
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None, tokenizer=None):
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, text_encoder=None, tokenizer=None,
+                 sampling_defaults: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_sampling_defaults(sampling_defaults)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
 
     # ---- checks -----------------------------------------------------------------------------------------
@@ -161,8 +163,8 @@ class LayeredTextToImagePipeline(DenoisingPipeline):
         class_labels: int | list[int] | torch.Tensor | None = None,
         negative_prompt: str | list[str] | None = None,
         batch_size: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -188,6 +190,8 @@ class LayeredTextToImagePipeline(DenoisingPipeline):
             callback_on_step_end: `fn(pipe, step, t, {"latents": [per-scale tensors]}) -> dict` after every step.
         """
         self.check_components()
+        sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
         check_sampling_arguments(num_inference_steps, guidance_scale, class_labels)
         prompts, negatives, labels, batch = self.check_inputs(prompt, negative_prompt, class_labels, batch_size,
                                                               guidance_scale, output_type, generator)

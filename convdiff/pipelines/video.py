@@ -113,8 +113,8 @@ class _FramesPipeline(ClassConditionalPipeline):
     _optional_components = ["vae", "text_encoder", "tokenizer"]
 
     def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
-                 id2label: dict | None = None, text_encoder=None, tokenizer=None):
-        super().__init__(transformer, scheduler, vae=vae, id2label=id2label)
+                 id2label: dict | None = None, text_encoder=None, tokenizer=None, sampling_defaults: dict | None = None):
+        super().__init__(transformer, scheduler, vae=vae, id2label=id2label, sampling_defaults=sampling_defaults)
         self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
 
     # ---- text ---------------------------------------------------------------------------------------------
@@ -358,10 +358,10 @@ class VideoPipeline(_FramesPipeline):
         num_frames: int | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         guidance_channels: int | None = None,
-        guidance_schedule: GuidanceSchedule = "constant",
+        guidance_schedule: GuidanceSchedule | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         first_frame: torch.Tensor | None = None,
@@ -392,6 +392,10 @@ class VideoPipeline(_FramesPipeline):
             window_frames, window_overlap: window length and overlap for long videos.
             output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
         """
+        sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule)
+        num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
+        guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
         prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)
@@ -438,9 +442,10 @@ class FourDPipeline(_FramesPipeline):
     grid_name = "grid"
 
     def __init__(self, transformer: ModelMixin, scheduler: SchedulerMixin, vae: ModelMixin | None = None,
-                 id2label: dict | None = None, text_encoder=None, tokenizer=None, first_view_mode: str = "replace"):
+                 id2label: dict | None = None, text_encoder=None, tokenizer=None, first_view_mode: str = "replace",
+                 sampling_defaults: dict | None = None):
         super().__init__(transformer, scheduler, vae=vae, id2label=id2label, text_encoder=text_encoder,
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer, sampling_defaults=sampling_defaults)
         self.register_to_config(first_view_mode=check_first_view_mode(first_view_mode))
 
     # The video pipeline's argument list again, plus views and cameras: each __call__ signature is public API.
@@ -454,10 +459,10 @@ class FourDPipeline(_FramesPipeline):
         timestamps: torch.Tensor | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         guidance_channels: int | None = None,
-        guidance_schedule: GuidanceSchedule = "constant",
+        guidance_schedule: GuidanceSchedule | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         first_view: torch.Tensor | None = None,
@@ -488,6 +493,10 @@ class FourDPipeline(_FramesPipeline):
             first_view_mode: "replace" or "clean" (see the class); None: the pipeline's saved mode.
             Other arguments (prompt and negative_prompt included) as in `VideoPipeline`.
         """
+        sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule)
+        num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
+        guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
         prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)

@@ -56,12 +56,14 @@ class FramesControlMixin(ControlMixin):
     @torch.no_grad()
     def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
                  control_guidance_start: float | list = 0.0, control_guidance_end: float | list = 1.0,
-                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float = 1.0, **kwargs):
+                 guess_mode: bool = False, batch_size: int | None = None, guidance_scale: float | None = None,
+                 **kwargs):
         r"""Generate clips that follow the condition(s); the control arguments are `ControlNetPipeline.__call__`'s,
         the rest the base pipeline's. Checks the call, sizes the grid from a per-frame condition, then samples
         with the control hook."""
+        guidance_scale, kwargs["num_inference_steps"] = self.resolve_control_sampling(guidance_scale, kwargs)
         _, batch = self.check_call(class_labels, batch_size, guidance_scale, kwargs.get("output_type", "pil"),
-                                   kwargs.get("generator"), kwargs.get("num_inference_steps", 50))
+                                   kwargs.get("generator"), kwargs["num_inference_steps"])
         axes = len(self.grid_arguments)
         per_frame = [im for im in (image if isinstance(image, (list, tuple)) else [image])
                      if torch.is_tensor(im) and im.ndim == 4 + axes]

@@ -39,6 +39,7 @@ CONDITIONINGS = ("class", "text", "both")
 
 class LayeredTask(TrainingTask):
     name = "layered"
+    records_sampler = False  # LayeredScheduler: one shifted schedule per scale, not a sample_scheduler name
 
     def __init__(self, config):
         super().__init__(config)

@@ -20,6 +20,8 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..files import replace_folder
+from ..pipelines.denoising import DenoisingPipeline
+from ..pipelines.model_card import machine
 from .batches import StreamBatchSampler, step_generator
 from .checkpoints import (check_checkpoint, claim_run_folder, clear_run_folder, read_step, register_ema, resolve_resume,
                           save_checkpoint)
@@ -178,9 +180,12 @@ def train(config: TrainConfig):
     accelerator.wait_for_everyone()
     pipeline_dir = output_dir / "pipeline"
 
+    record = training_record(config, global_step, time.perf_counter() - started, resume_path)
+
     def finish(trained):  # on the main process, with the EMA weights in
         pipeline = task.build_pipeline(trained)
-        _save_atomically(pipeline, pipeline_dir)
+        task.record_sampling(pipeline)
+        _save_atomically(pipeline, pipeline_dir, config, record)
         if config.sample_final_grid:
             task.save_samples(pipeline, output_dir / "samples" / "final.png")
     _with_ema(ema, trainable, lambda: on_full_model(accelerator, model, finish))
@@ -217,6 +222,29 @@ def _to_device(batch, device):
     return batch
 
 
-def _save_atomically(pipeline, target: Path):
-    """The pipeline into a hidden partial folder, fsynced, then renamed over `target` (see convdiff/files.py)."""
-    replace_folder(target, pipeline.save_pretrained)
+def training_record(config, steps: int, seconds: float, resumed_from) -> dict:
+    """What the model card says of the run: the recipe's main values, the steps, wall time and machine."""
+    record = {"recipe": f"train_config.yaml in this folder (task {config.task}, model {config.model}, "
+                        f"objective {config.objective}, data {config.data})",
+              "steps": f"{steps} optimizer steps of {config.train_batch_size} samples (learning rate {config.learning_rate}, "
+                       f"{config.lr_scheduler} schedule, EMA {config.ema_decay if config.use_ema else 'off'})",
+              "wall time": f"{seconds:.0f} s of training"
+                           + (f" after resuming from {Path(resumed_from).name}" if resumed_from else ""),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    base = config.task_options.get("base") or config.task_options.get("teacher")
+    if base:
+        record["base model"] = base
+    return record
+
+
+def _save_atomically(pipeline, target: Path, config, record: dict):
+    """The pipeline, its recipe and a model card with the run's record into a hidden partial folder, fsynced, then
+    renamed over `target` (see convdiff/files.py)."""
+    def write(folder):
+        if isinstance(pipeline, DenoisingPipeline):  # convdiff's pipelines write the card with the record
+            pipeline.save_pretrained(folder, training=record)
+        else:
+            pipeline.save_pretrained(folder)
+        save_config(config, Path(folder) / "train_config.yaml")
+
+    replace_folder(target, write)

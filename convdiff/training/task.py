@@ -43,6 +43,8 @@ class TrainingTask:
     name = "task"
     # DDP must be told when some parameters can go unused in a step (e.g. temporal layers on single-frame data).
     find_unused_parameters = False
+    # Whether the recipe's sample_scheduler names this task's sampler (the layered task has its own scheduler).
+    records_sampler = True
 
     def __init__(self, config):
         self.config = config
@@ -71,6 +73,21 @@ class TrainingTask:
     def build_pipeline(self, model):
         """The pipeline saved at the end; `model` is the unwrapped trained module with the EMA weights in."""
         raise NotImplementedError
+
+    def record_sampling(self, pipeline) -> None:
+        """Make the saved pipeline's default call the recipe's sampling: `sample_scheduler`,
+        `sample_num_inference_steps` and `sample_guidance_scale`, with which its grids (and any figures measured
+        from the recipe) were made. An `official_sampling` recipe keeps the sample script's sampler and defaults
+        (convert/sampling.py); a diffusers teacher's own pipeline (distillation of Stable Diffusion) has none."""
+        from ..pipelines.denoising import DenoisingPipeline
+        from ..pipelines.schedulers import make_scheduler
+
+        if self.config.official_sampling or not isinstance(pipeline, DenoisingPipeline):
+            return
+        if self.records_sampler:
+            pipeline.scheduler = make_scheduler(self.config.sample_scheduler, pipeline.scheduler)
+        pipeline.register_sampling_defaults({"num_inference_steps": self.config.sample_num_inference_steps,
+                                             "guidance_scale": self.config.sample_guidance_scale})
 
     def save_samples(self, pipeline, path) -> None:
         save_sample_grid(pipeline, self.config, path)

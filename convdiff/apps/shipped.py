@@ -1,0 +1,164 @@
+"""The pipeline folders shipped in `pipelines/`: how each one samples by default, how it was trained and what it scores.
+
+`SHIPPED` is the one record of them: the sampling each folder's figures were measured with (saved in its
+model_index.json as `sampling_defaults`, so `pipe(class_labels=...)` alone reproduces them; tested), the run that
+trained it and its documented figures with the command that measures them (its model card, README.md).
+`python -m convdiff.apps.shipped` writes both into the folders again (weights unchanged, checked), e.g. after
+the card's text changes.
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedFolder:
+    name: str  # the folder under pipelines/
+    pipeline: str  # the convdiff.pipelines class that loads it (None: a ControlNet model folder)
+    sampler: str | None  # the sample_scheduler name its figures used (convdiff.pipelines.schedulers)
+    sampling: dict  # its sampling_defaults
+    training: dict
+    evaluation: list
+
+
+SHIPPED = [
+    ShippedFolder(
+        "dic-mnist", "ClassConditionalPipeline", "euler", {"num_inference_steps": 20, "guidance_scale": 2.0},
+        {"recipe": "configs/dic-mnist.yaml (train_config.yaml in this folder)",
+         "steps": "3,000 steps of 64 digits (192k images, 48 epochs of the 4,000 training digits), rectified flow, "
+                  "lr 2e-3 cosine, EMA 0.999, fp32",
+         "wall time": "41 min on one thread of a 2-core machine that was running other jobs", "date": "2026-12-01"},
+        ["- FID vs held-out MNIST digits: 24.59 (500 samples, labels i mod 10, seeds 10000+i, the default call, vs "
+         "the first 500 held-out digits; 2015 FID Inception; N=500 < 2048 features: biased up, compare only at equal N)",
+         "- class accuracy by the independent digit classifier (convdiff/eval/digit_classifier.py): 100.0%",
+         "- command: convdiff mnist-demo --pipeline pipelines/dic-mnist"]),
+    ShippedFolder(
+        "layered-mnist", "LayeredTextToImagePipeline", None, {"num_inference_steps": 25, "guidance_scale": 2.0},
+        {"recipe": "configs/layered-mnist.yaml", "steps": "3,000 steps of 32 digits, v-prediction, lr 1e-3 cosine",
+         "wall time": "81 min on one thread of a shared, loaded 2-core CPU", "date": "2026-12-01"},
+        ["- asked digit at the top scale: 99.0% of 200 samples (20 per digit, the default call; digit CNN of "
+         "convdiff/eval/digit_classifier.py); with the prompt emptied: 12% (chance)",
+         "- lower scales vs the pooled top scale: 23.96 dB (16 px) and 22.64 dB (8 px) PSNR",
+         "- command: convdiff layered-eval --pipeline pipelines/layered-mnist"]),
+    ShippedFolder(
+        "video-dic-mnist", "VideoPipeline", "euler", {"num_inference_steps": 20, "guidance_scale": 2.0},
+        {"recipe": "configs/video-moving-digits.yaml",
+         "steps": "2,000 steps of 4 moving-digit clips; pipelines/dic-mnist frozen, temporal attention + frame time "
+                  "trained, lr 1e-3, EMA 0.99",
+         "wall time": "55 min on one thread of a loaded 2-core Intel Xeon", "date": "2026-12-01",
+         "base model": "pipelines/dic-mnist"},
+        ["- 50 videos x 8 frames, the default call: frame FID 49.49 vs held-out moving clips (the image model per "
+         "frame: 48.53), frame difference 0.085 (real clips 0.081), temporal consistency 0.871 (real 0.980)",
+         "- command: convdiff video-demo --config configs/video-moving-digits.yaml --pipeline "
+         "pipelines/video-dic-mnist --num-videos 50 (docs/video.md)"]),
+    ShippedFolder(
+        "text-video-dic-mnist", "VideoPipeline", "euler", {"num_inference_steps": 20, "guidance_scale": 2.0},
+        {"recipe": "configs/text-video-moving-digits.yaml",
+         "steps": "3,000 steps of 4 directed moving-digit clips with captions; pipelines/dic-mnist frozen, temporal "
+                  "attention + text MLP trained, lr 1e-3, EMA 0.995",
+         "wall time": "12 min at 2 threads on an idle 2-core Intel Xeon", "date": "2026-12-01",
+         "base model": "pipelines/dic-mnist"},
+        ["- 80 videos (each of the 40 captions twice), the default call: asked digit by video majority 61.3%, "
+         "asked direction 30.0% (chance 25%): the prompt steers the digit, not yet the motion",
+         "- command: convdiff video-demo --config configs/text-video-moving-digits.yaml --pipeline "
+         "pipelines/text-video-dic-mnist --num-videos 80 (docs/video.md)"]),
+    ShippedFolder(
+        "4d-synthetic", "FourDPipeline", "euler", {"num_inference_steps": 50, "guidance_scale": 1.0},
+        {"recipe": "configs/4d-synthetic.yaml (train_config.yaml in this folder)",
+         "steps": "3,000 steps of 4 synthetic scenes (4 cameras x 4 timestamps, 16x16 RGB), rectified flow, view 0 "
+                  "given clean in 90% of clips, lr 2e-3 cosine, EMA 0.995",
+         "wall time": "1,285 s on one thread of a shared 2-core AMD EPYC", "date": "2026-12-01"},
+        ["- view synthesis on 16 held-out scenes, view 0 given: one sample (the default call) 15.29 dB PSNR on views "
+         "1-3, posterior mean of 8 one-step predictions 17.67 dB; copying view 0 14.53 dB",
+         "- command: convdiff video-demo --config configs/4d-synthetic.yaml --pipeline pipelines/4d-synthetic "
+         "--num-videos 16 (docs/video.md)"]),
+]
+CONTROLNET = ShippedFolder(
+    "controlnet-dic-mnist", None, None, {},
+    {"recipe": "configs/controlnet-dic-mnist.yaml (train_config.yaml in this folder)",
+     "steps": "500 steps of 32 training digits with their Canny edge maps, lr 1e-3, 10% empty conditions, fp32",
+     "wall time": "220 s on one thread of a 2-core machine running another job", "date": "2026-12-01",
+     "base model": "pipelines/dic-mnist"},
+    ["- edge IoU of the samples' Canny edges vs the condition on 300 held-out digits (the default call of "
+     "ControlNetPipeline.from_base: the base's Euler 20 steps, guidance 2): see docs/controlnet.md",
+     "- command: convdiff controlnet-demo --controlnet pipelines/controlnet-dic-mnist --num-digits 300"])
+
+
+def load_shipped(folder: ShippedFolder, root: Path = ROOT):
+    from .. import pipelines
+
+    return getattr(pipelines, folder.pipeline).from_pretrained(root / "pipelines" / folder.name)
+
+
+def controlnet_card(folder: ShippedFolder, controlnet) -> str:
+    from ..pipelines.model_card import LICENSE, render_card
+
+    parameters = sum(p.numel() for p in controlnet.parameters()) / 1e6
+    header = {"library_name": "diffusers", "pipeline_tag": "image-to-image", "license": LICENSE,
+              "tags": ["convdiff", "controlnet", "dic"], "base_model": folder.training["base model"]}
+    lines = [f"- a `ControlNet` ({parameters:.2f}M parameters) for `pipelines/dic-mnist`: it steers the base with the "
+             "Canny edge map of a digit (a model folder, not a pipeline: put it on the base pipeline)",
+             "- a call with no sampling arguments uses the base pipeline's defaults (Euler, 20 steps, guidance 2)"]
+    usage_code = ("from convdiff.models import ControlNet\n"
+                  "from convdiff.pipelines import ClassConditionalPipeline, ControlNetPipeline\n"
+                  'base = ClassConditionalPipeline.from_pretrained("pipelines/dic-mnist")\n'
+                  'pipe = ControlNetPipeline.from_base(base, ControlNet.from_pretrained("pipelines/controlnet-dic-mnist"))\n'
+                  "images = pipe(edge_maps, class_labels=labels).images  # edge_maps: (N, 1, 28, 28) in [0, 1]")
+    return render_card(header, "ControlNet for pipelines/dic-mnist, trained by convdiff", lines, usage_code,
+                       {"Training": folder.training}, folder.evaluation)
+
+
+def reseal(folder: ShippedFolder, root: Path = ROOT) -> Path:
+    """Write the folder's sampling defaults and model card again, atomically; the weights must come out unchanged."""
+    from ..files import replace_file, replace_folder
+    from ..pipelines.schedulers import make_scheduler
+
+    target = root / "pipelines" / folder.name
+    if folder.pipeline is None:
+        from ..models.controlnet import ControlNet
+
+        text = controlnet_card(folder, ControlNet.from_pretrained(target))
+        return replace_file(target / "README.md", lambda partial: partial.write_text(text))
+    pipe = load_shipped(folder, root)
+    before = {name: tensor.clone() for name, tensor in pipe.denoiser.state_dict().items()}
+    if folder.sampler:
+        pipe.scheduler = make_scheduler(folder.sampler, pipe.scheduler)
+    pipe.register_sampling_defaults(folder.sampling)
+    kept = [name for name in ("train_config.yaml",) if (target / name).is_file()]
+    texts = {name: (target / name).read_text() for name in kept}
+
+    def write(partial):
+        pipe.save_pretrained(partial, training=folder.training, evaluation=folder.evaluation)
+        for name, text in texts.items():
+            (Path(partial) / name).write_text(text)
+        for config in Path(partial).rglob("*.json"):  # loading recorded this machine's path: not for a shipped folder
+            values = json.loads(config.read_text())
+            if isinstance(values, dict) and values.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+    replace_folder(target, write)
+    after = load_shipped(folder, root).denoiser.state_dict()
+    changed = [name for name, tensor in before.items() if not torch.equal(after[name], tensor)]
+    if changed:
+        raise RuntimeError(f"re-saving {target} changed its weights: {changed[:5]}")
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m convdiff.apps.shipped", description=__doc__)
+    parser.add_argument("names", nargs="*", help="folders to re-save (default: all)")
+    args = parser.parse_args(argv)
+    for folder in [*SHIPPED, CONTROLNET]:
+        if not args.names or folder.name in args.names:
+            print(f"re-saved {reseal(folder)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

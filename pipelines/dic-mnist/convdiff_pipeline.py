@@ -1,0 +1,7 @@
+"""Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True).
+
+The pipeline's code is the installed convdiff package's (pip install convdiff); this file only imports it.
+convdiff's own loader, ClassConditionalPipeline.from_pretrained(folder), does not run this file.
+"""
+
+from convdiff.pipelines.class_conditional import ClassConditionalPipeline  # noqa: F401
