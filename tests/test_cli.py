@@ -55,7 +55,8 @@ def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, cap
     assert main(["mnist-demo", "--pipeline", str(trained), "--fid-samples", "12", "--fid-steps", "2",
                  f"output_dir={tmp_path / 'demo'}"]) == 0
     printed = capsys.readouterr().out
-    assert "FID vs held-out MNIST digits" in printed and "N_A=12 N_B=12" in printed and "sampler=euler" in printed
+    # the folder's own sampler (its recipe's default sample_scheduler, ddim, saved by training): the default call
+    assert "FID vs held-out MNIST digits" in printed and "N_A=12 N_B=12" in printed and "sampler=DDIMScheduler" in printed
     assert "class accuracy (independent digit classifier)" in printed and "shipped features" in printed
     assert Image.open(tmp_path / "demo/grid.png").size == (280, 280)  # the first 100 samples, sampled once
     assert not (tmp_path / "cache/fid").exists()  # the shipped reference features stand in: nothing recomputed

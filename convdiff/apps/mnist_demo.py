@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..eval.mnist import score_mnist_samples
-from ..pipelines.model_card import add_evaluation
 from ..training.config import load_config
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "dic-mnist-tiny.yaml"
@@ -83,6 +82,7 @@ def demo_main(argv=None):
         parser.error(f"--fid-samples must be at least 2, got {args.fid_samples}")
 
     from ..pipelines import ClassConditionalPipeline
+    from ..pipelines.model_card import add_evaluation
     from ..grids import make_grid
 
     config = load_config(args.config, args.overrides)

@@ -39,7 +39,7 @@ def log(message: str) -> None:
 def sample_videos(pipeline, num_videos: int, num_frames: int, steps: int, seed: int, batch_size: int = 8,
                   guidance_scale: float = 1.0):
     """(N, F, H, W, C) floats in [0, 1], class-balanced labels, batch b seeded with seed + b."""
-    from ..models.inputs import class_info
+    from ..nn.inputs import class_info
 
     num_classes, _ = class_info(pipeline.transformer.config)
     pipeline.set_progress_bar_config(disable=True)

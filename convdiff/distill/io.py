@@ -85,8 +85,7 @@ def load_converted(folder, model_class=None, torch_dtype=None):
     if spec is None:
         raise ValueError(f"{folder} holds an unconverted {config['_class_name']}: load it with from_pretrained.")
     model = model_class.from_config(config)
-    if not student_modules(model):  # classes that take `convfusion` in their config convert themselves
-        convert_self_attention(model, **spec)
+    convert_self_attention(model, **spec)
     weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(folder.glob("*.bin"))
     if not weights:
         raise FileNotFoundError(f"No weights (diffusion_pytorch_model.safetensors) in {folder}.")

@@ -19,10 +19,6 @@ of its blocks, as token maps (B, C, h, w), and its forward adds residual i right
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-from .inputs import stage_conditions
-from .memory_format import like_caller, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -55,25 +51,6 @@ def _check_shape(target: torch.Tensor, residual: torch.Tensor, what: str, model_
         raise ValueError(f"{model_name}: {what} has shape {tuple(residual.shape)} but the tensor it is added to has "
                          f"{tuple(target.shape)}; the ControlNet must come from this backbone's config and see the "
                          "same batch.")
-
-
-def controlled_forward(model, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
-                       down_block_additional_residuals, mid_block_additional_residual):
-    """The forward of a stage-conditioned hourglass (DiC, DiCo): `_encode`, the residuals, `_decode`."""
-    conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
-    skips, x = model._encode(to_channels_last(hidden_states), conds)  # memory_format.py: NHWC inside
-    skips, x = add_control_residuals(skips, x, down_block_additional_residuals, mid_block_additional_residual,
-                                     type(model).__name__)
-    out = like_caller(model._decode(x, skips, conds), hidden_states)
-    if not return_dict:
-        return (out,)
-    return Transformer2DModelOutput(sample=out)
-
-
-def stage_control_encode(model, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
-    """`control_encode` of a stage-conditioned hourglass: the input checks and conditions, then `_encode`."""
-    conds = stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids)
-    return model._encode(to_channels_last(hidden_states), conds, stem_residual)  # as the backbone's own forward
 
 
 def check_in_flight_residuals(down_residuals, mid_residual, shape, count: int, model_name: str):

@@ -130,7 +130,7 @@ class ControlNet(ModelMixin, ConfigMixin):
                  conditioning_embedding_channels: tuple = (16, 32), conditioning_downscale: int = 1):
         super().__init__()
         cls = import_backbone_class(backbone_class)
-        self.backbone = cls(**backbone_config)
+        self.backbone = cls.from_config(backbone_config)
         points = self.backbone.control_points()
         if hasattr(self.backbone, "control_prune"):
             self.backbone.control_prune()

@@ -12,8 +12,10 @@ The ΔConvBlock needs the feature map's height and width, which token-space bloc
 pre-hook on the nearest enclosing model that sees the NCHW input (a UNet's Transformer2DModel, a DiT's
 top level) writes (H / patch, W / patch) onto the students below it.
 
-The conversion is recorded in the model config (`convfusion`), so `load_converted` rebuilds it from a
-`save_pretrained` folder and `save_adapter` / `load_adapter` carry just the student weights.
+The conversion is a function applied to a built model; it records itself in the model config (`convfusion`),
+so `load_converted` rebuilds it from a `save_pretrained` folder, convdiff's own models rebuild it whenever they
+are built from such a config (`ConversionRecordMixin`), and `save_adapter` / `load_adapter` carry just the
+student weights.
 """
 
 import re
@@ -206,12 +208,22 @@ def convert_self_attention(model: nn.Module, kernel_sizes=None, student: str = "
     return model
 
 
-def convert_as_configured(model: nn.Module, convfusion: dict | None) -> None:
-    """Redo the conversion a model's config records (its `convfusion` entry), inside its `__init__`, so that
-    anything rebuilding the model from its config (from_pretrained, inflation, a ControlNet copy) gets the
-    students. Nothing is frozen: what trains is the training task's choice."""
-    if convfusion:
-        convert_self_attention(model, **{**convfusion, "freeze": False})
+class ConversionRecordMixin:
+    """Mix into a ModelMixin before it, for models whose attention `convert_self_attention` may swap (DiffiT,
+    the DiffiT U-Net, the label-conditioned UNet): built from a config that records a conversion (`convfusion`,
+    written by the conversion itself), the model is converted again right after construction, so everything
+    that rebuilds a model from its config (from_pretrained, inflation, a ControlNet copy) gets the students and
+    their weights load. The constructor knows nothing of it. Nothing is frozen: what trains is the training
+    task's choice."""
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        config = dict(config or {})
+        record = config.pop("convfusion", None)
+        built = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        if record:
+            convert_self_attention(built[0] if isinstance(built, tuple) else built, **{**record, "freeze": False})
+        return built
 
 
 def conversion_of(model: nn.Module) -> dict | None:

@@ -14,18 +14,19 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import StageConditioning
 from ..nn.fast_conv import run_conv
+from ..nn.inputs import check_inputs, resolve_out_channels
 from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import group_norm
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .checkpointing import run_block
-from .control_points import ControlPoints, controlled_forward, stage_control_encode
-from .memory_format import ChannelsLastMixin
-from .inputs import resolve_out_channels
+from .control_points import ControlPoints, add_control_residuals
+from .memory_format import ChannelsLastMixin, like_caller, to_channels_last
 
 
 class DiCBlock(nn.Module):
@@ -58,7 +59,6 @@ def skip_targets(depth: int, skip_stride: int):
     return [j for j in range(depth) if j % skip_stride == 0]
 
 
-# Same-shaped as DiCoModel's header: register_to_config records each model's own keyword arguments.
 class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCBlock"]
@@ -124,41 +124,54 @@ class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
 
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
                 down_block_additional_residuals=None, mid_block_additional_residual=None):
-        """Encoder -> (+ ControlNet residuals on the skips and the middle output, if given) -> decoder."""
-        return controlled_forward(self, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
-                                  down_block_additional_residuals, mid_block_additional_residual)
-
-    def _encode(self, hidden_states, conds, stem_residual=None):
-        """Stem, encoder and middle; returns (skip tensors in encoder order, middle output)."""
+        """Conditions -> stem, encoder, middle -> (+ ControlNet residuals, as diffusers' UNet adds them) -> decoder
+        with the sparse skips -> head. NHWC inside (memory_format.py); the output comes back in the caller's layout."""
+        conditions = self.embed_conditions(hidden_states, timestep, class_labels, force_drop_ids)
+        skips, x = self.encode(to_channels_last(hidden_states), conditions)
+        if down_block_additional_residuals is not None or mid_block_additional_residual is not None:
+            skips, x = add_control_residuals(skips, x, down_block_additional_residuals, mid_block_additional_residual,
+                                             "DiCModel")
         skip_stride = self.config.skip_stride
-        x = self.stem(hidden_states)
+        for up, stage, level in zip(self.upsamplers, self.decoder, self.decoder_condition_index):
+            x = up(x)
+            takes_skip = skip_targets(len(stage), skip_stride)
+            for j, block in enumerate(stage):
+                if j in takes_skip:  # the sparse skips, last kept first (mirror-wise)
+                    x = torch.cat([x, skips.pop()], dim=1)
+                x = run_block(self, block, x, conditions[level])
+        out = self.head(self.output_conv(x), conditions[self.decoder_condition_index[-1]])
+        out = like_caller(out, hidden_states)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def embed_conditions(self, hidden_states, timestep, class_labels, force_drop_ids=None) -> list:
+        """Checked inputs -> one condition (timestep + label embedding) per encoder level's width."""
+        timesteps, labels = check_inputs(hidden_states, timestep, class_labels, self.config, self.stride, "DiCModel")
+        return [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+
+    def encode(self, x, conditions, stem_residual=None):
+        """Stem (plus a ControlNet's conditioning image), encoder and middle: (the skip tensors kept every
+        `skip_stride` blocks, in encoder order; the middle output)."""
+        skip_stride = self.config.skip_stride
+        x = self.stem(x)
         if stem_residual is not None:
             x = x + stem_residual
         skips = []
         for level, (stage, down) in enumerate(zip(self.encoder, self.downsamplers)):
             keep = skip_sources(len(stage), skip_stride)
             for b, block in enumerate(stage):
-                x = run_block(self, block, x, conds[level])
+                x = run_block(self, block, x, conditions[level])
                 if b in keep:
                     skips.append(x)
             x = down(x)
         for block in self.middle:
-            x = run_block(self, block, x, conds[-1])
+            x = run_block(self, block, x, conditions[-1])
         return skips, x
 
-    def _decode(self, x, skips, conds):
-        skips, skip_stride = list(skips), self.config.skip_stride
-        for up, stage, cond_index in zip(self.upsamplers, self.decoder, self.decoder_condition_index):
-            x = up(x)
-            takes_skip = skip_targets(len(stage), skip_stride)
-            for j, block in enumerate(stage):
-                if j in takes_skip:
-                    x = torch.cat([x, skips.pop()], dim=1)
-                x = run_block(self, block, x, conds[cond_index])
-        return self.head(self.output_conv(x), conds[self.decoder_condition_index[-1]])
+    # ---- ControlNet interface (control_points.py): the copy runs the encoder half ------------------------
+    def control_encode(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
+        conditions = self.embed_conditions(hidden_states, timestep, class_labels, force_drop_ids)
+        return self.encode(to_channels_last(hidden_states), conditions, stem_residual)
 
-    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
-    control_encode = stage_control_encode
     control_unused_modules = ("upsamplers", "decoder", "output_conv", "head")
 
     def control_points(self) -> ControlPoints:

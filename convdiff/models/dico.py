@@ -9,19 +9,20 @@ and the MLP by a 1x1-conv FFN.
 import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (names must be bound here for pipeline reloads)
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.channel_attention import CompactChannelAttention
 from ..nn.embeddings import StageConditioning
 from ..nn.fast_conv import run_conv
+from ..nn.inputs import check_inputs, resolve_out_channels
 from ..nn.modulation import AdaLNModulation, add_gated, modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .checkpointing import run_block
-from .control_points import ControlPoints, controlled_forward, stage_control_encode
-from .memory_format import ChannelsLastMixin
-from .inputs import resolve_out_channels
+from .control_points import ControlPoints, add_control_residuals
+from .memory_format import ChannelsLastMixin, like_caller, to_channels_last
 
 
 class DiCoBlock(nn.Module):
@@ -99,38 +100,47 @@ class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
         init_like_official(self)
         self.use_channels_last()
 
-    def _stage(self, blocks, x, cond):
-        for block in blocks:
-            x = run_block(self, block, x, cond)
-        return x
-
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,
                 down_block_additional_residuals=None, mid_block_additional_residual=None):
-        """Encoder -> (+ ControlNet residuals on the skips and the middle output, if given) -> decoder."""
-        return controlled_forward(self, hidden_states, timestep, class_labels, force_drop_ids, return_dict,
-                                  down_block_additional_residuals, mid_block_additional_residual)
+        """Conditions -> stem, encoder, middle -> (+ ControlNet residuals, as diffusers' UNet adds them) -> decoder
+        at 2H -> head. NHWC inside (memory_format.py); the output comes back in the caller's layout."""
+        c1, c2, c3 = self.embed_conditions(hidden_states, timestep, class_labels, force_drop_ids)
+        (enc1, enc2), x = self.encode(to_channels_last(hidden_states), (c1, c2, c3))
+        if down_block_additional_residuals is not None or mid_block_additional_residual is not None:
+            (enc1, enc2), x = add_control_residuals([enc1, enc2], x, down_block_additional_residuals,
+                                                    mid_block_additional_residual, "DiCoModel")
+        x = run_conv(self.reduce_2, torch.cat([self.up_2(x), enc2], dim=1))
+        x = self._stage(self.decoder_2, x, c2)
+        x = run_conv(self.reduce_1, torch.cat([self.up_1(x), enc1], dim=1))
+        x = self._stage(self.decoder_1, x, c2)  # the last stage and the head reuse the 2H condition (official code)
+        out = like_caller(self.head(x, c2), hidden_states)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
-    def _encode(self, hidden_states, conds, stem_residual=None):
-        """Stem, encoder and middle; returns ([enc1, enc2], middle output)."""
-        c1, c2, c3 = conds
-        x = self.stem(hidden_states)
+    def embed_conditions(self, hidden_states, timestep, class_labels, force_drop_ids=None) -> list:
+        """Checked inputs -> one condition (timestep + label embedding) per width: H, 2H, 4H."""
+        timesteps, labels = check_inputs(hidden_states, timestep, class_labels, self.config, self.stride, "DiCoModel")
+        return [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+
+    def encode(self, x, conditions, stem_residual=None):
+        """Stem (plus a ControlNet's conditioning image), encoder and middle: ([enc1, enc2], middle output)."""
+        c1, c2, c3 = conditions
+        x = self.stem(x)
         if stem_residual is not None:
             x = x + stem_residual
         enc1 = self._stage(self.encoder_1, x, c1)
         enc2 = self._stage(self.encoder_2, self.down_1(enc1), c2)
         return [enc1, enc2], self._stage(self.middle, self.down_2(enc2), c3)
 
-    def _decode(self, x, skips, conds):
-        enc1, enc2 = skips
-        c2 = conds[1]
-        x = run_conv(self.reduce_2, torch.cat([self.up_2(x), enc2], dim=1))
-        x = self._stage(self.decoder_2, x, c2)
-        x = run_conv(self.reduce_1, torch.cat([self.up_1(x), enc1], dim=1))
-        x = self._stage(self.decoder_1, x, c2)
-        return self.head(x, c2)
+    def _stage(self, blocks, x, cond):
+        for block in blocks:
+            x = run_block(self, block, x, cond)
+        return x
 
-    # ---- ControlNet interface (control_points.py) -------------------------------------------------------
-    control_encode = stage_control_encode
+    # ---- ControlNet interface (control_points.py): the copy runs the encoder half ------------------------
+    def control_encode(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, stem_residual=None):
+        conditions = self.embed_conditions(hidden_states, timestep, class_labels, force_drop_ids)
+        return self.encode(to_channels_last(hidden_states), conditions, stem_residual)
+
     control_unused_modules = ("up_2", "reduce_2", "decoder_2", "up_1", "reduce_1", "decoder_1", "head")
 
     def control_points(self) -> ControlPoints:

@@ -24,15 +24,14 @@ from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
+from ..nn.inputs import check_inputs, resolve_out_channels
 from ..nn.position import sincos_2d_position_embedding
 from ..nn.resample import init_like_official, xavier_like_linear
 from ..nn.tmsa import TimeDependentSelfAttention
 from ..nn.window import check_window, repeat_per_window, window_merge, window_partition
 from .checkpointing import run_block
 from .control_points import ControlPoints, check_in_flight_residuals
-from .convfusion import convert_as_configured
-from .inputs import (broadcast_timesteps, check_class_labels, check_sample,
-                     resolve_out_channels)
+from .convfusion import ConversionRecordMixin
 from .memory_format import ExactReloadMixin
 
 
@@ -81,12 +80,8 @@ def run_in_windows(block: nn.Module, x: torch.Tensor, temb: torch.Tensor, height
 
 def time_token(model, hidden_states, timestep, class_labels, force_drop_ids, stride: int) -> torch.Tensor:
     """Check a DiffiT model's inputs and return its time token c = t_emb (+ y_emb, labels dropped for CFG)."""
-    name = type(model).__name__
-    check_sample(hidden_states, model.config.in_channels, stride, name)
-    batch, config = hidden_states.shape[0], model.config
-    timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-    labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0,
-                                hidden_states.device, name)
+    config = model.config
+    timesteps, labels = check_inputs(hidden_states, timestep, class_labels, config, stride, type(model).__name__)
     temb = model.t_embedder(timesteps)
     if labels is not None:
         if (model.training and config.class_dropout_prob > 0) or force_drop_ids is not None:
@@ -125,7 +120,7 @@ class FinalLayer(nn.Module):
         return self.linear(F.silu(self.norm_final(x)))
 
 
-class DiffiTModel(ExactReloadMixin, ModelMixin, ConfigMixin):
+class DiffiTModel(ConversionRecordMixin, ExactReloadMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTBlock"]
     _repeated_blocks = ["DiffiTBlock"]
@@ -147,7 +142,6 @@ class DiffiTModel(ExactReloadMixin, ModelMixin, ConfigMixin):
         num_classes: int = 1000,
         class_dropout_prob: float = 0.1,
         prediction_type: str = "epsilon",
-        convfusion: dict | None = None,
     ):
         super().__init__()
         check_prediction_type(prediction_type, learn_sigma)
@@ -172,7 +166,6 @@ class DiffiTModel(ExactReloadMixin, ModelMixin, ConfigMixin):
         init_like_official(self)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d_position_embedding(hidden_size, self.grid_size)[None])
-        convert_as_configured(self, convfusion)  # a ΔConvFusion student rebuilt from its config (convfusion.py)
 
     # ---- forward, in three readable stages: embed -> blocks -> head -------------------------------------
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,

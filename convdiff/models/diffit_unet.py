@@ -21,12 +21,12 @@ from torch import nn
 
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding
+from ..nn.inputs import resolve_out_channels
 from ..nn.norms import group_norm
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
-from .convfusion import convert_as_configured
+from .convfusion import ConversionRecordMixin
 from .diffit import DiffiTBlock, run_in_windows, time_token
-from .inputs import resolve_out_channels
 from .memory_format import ExactReloadMixin
 
 
@@ -68,7 +68,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class DiffiTUNetModel(ExactReloadMixin, ModelMixin, ConfigMixin):
+class DiffiTUNetModel(ConversionRecordMixin, ExactReloadMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTResBlock"]
     _repeated_blocks = ["DiffiTResBlock"]
@@ -92,7 +92,6 @@ class DiffiTUNetModel(ExactReloadMixin, ModelMixin, ConfigMixin):
         num_classes: int = 0,
         class_dropout_prob: float = 0.1,
         prediction_type: str = "epsilon",
-        convfusion: dict | None = None,
     ):
         super().__init__()
         check_prediction_type(prediction_type, learn_sigma)
@@ -141,7 +140,6 @@ class DiffiTUNetModel(ExactReloadMixin, ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_conv.weight)  # a fresh model predicts 0
         nn.init.zeros_(self.out_conv.bias)
         self.gradient_checkpointing = False
-        convert_as_configured(self, convfusion)  # a ΔConvFusion student rebuilt from its config (convfusion.py)
 
     # ---- forward, in three stages: condition -> encoder + middle (skips) -> decoder -----------------------
     def forward(self, hidden_states, timestep, class_labels=None, force_drop_ids=None, return_dict: bool = True,

@@ -14,11 +14,11 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
-from .convfusion import convert_self_attention
+from .convfusion import ConversionRecordMixin
 from .memory_format import ExactReloadMixin
 
 
-class LabelConditionedUNet(ExactReloadMixin, ModelMixin, ConfigMixin):
+class LabelConditionedUNet(ConversionRecordMixin, ExactReloadMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]  # the units FSDP shards (training/engines.py)
 
@@ -26,7 +26,7 @@ class LabelConditionedUNet(ExactReloadMixin, ModelMixin, ConfigMixin):
     def __init__(self, sample_size: int = 28, in_channels: int = 1, out_channels: int = 1, num_classes: int = 10,
                  class_dropout_prob: float = 0.1, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
                  attention_levels=(True, True, False), num_attention_heads: int = 4, cross_attention_dim: int = 64,
-                 num_tokens: int = 4, norm_num_groups: int = 8, convfusion: dict | None = None):
+                 num_tokens: int = 4, norm_num_groups: int = 8):
         super().__init__()
         if len(attention_levels) != len(block_out_channels):
             raise ValueError(f"attention_levels needs one flag per level ({len(block_out_channels)}), got {attention_levels}.")
@@ -40,8 +40,6 @@ class LabelConditionedUNet(ExactReloadMixin, ModelMixin, ConfigMixin):
         # One extra row: the null class used for label dropout and classifier-free guidance.
         self.label_tokens = nn.Embedding(num_classes + 1, num_tokens * cross_attention_dim)
         nn.init.normal_(self.label_tokens.weight, std=0.02)
-        if convfusion:
-            convert_self_attention(self, **convfusion)
 
     def enable_gradient_checkpointing(self, *args, **kwargs):
         self.unet.enable_gradient_checkpointing(*args, **kwargs)

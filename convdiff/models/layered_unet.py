@@ -30,10 +30,10 @@ from torch import nn
 from ..diffusion.multiscale import PREDICTION_TYPES, scale_sizes
 from ..diffusion.prediction import check_prediction_type
 from ..nn.embeddings import LabelEmbedding, TimestepEmbedding, drop_labels
+from ..nn.inputs import broadcast_timesteps, check_class_labels, check_sample
 from ..nn.spatial_transformer import SpatialTransformer
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
-from .inputs import broadcast_timesteps, check_class_labels, check_sample
 from .memory_format import ExactReloadMixin
 
 

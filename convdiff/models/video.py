@@ -27,6 +27,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..nn.embeddings import TimestepEmbedding
+from ..nn.inputs import broadcast_timesteps
 from ..nn.layouts import Grid, frames_to_grid, grid_to_frames, grid_to_video, video_to_grid
 from ..nn.spatiotemporal import GridContext
 from .class_paths import class_path
@@ -47,7 +48,6 @@ from .inflation import (  # noqa: F401
     plan_inflation,
     resolve_base_class,
 )
-from .inputs import broadcast_timesteps
 from .memory_format import restore_layout
 from .video_control import InflatedControlMixin
 
@@ -74,7 +74,7 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
                freeze_spatial: bool) -> None:
         """Build the 2D backbone from its class path and config, and inflate it after `plan` (found by a dry
         run and stored in the config when None) with the layers `options` describes."""
-        base = resolve_base_class(base_class)(**(base_config or {}))
+        base = resolve_base_class(base_class).from_config(base_config or {})
         if plan is None:
             plan = plan_inflation(base)
             self.register_to_config(plan=plan)

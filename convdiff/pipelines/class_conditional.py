@@ -34,7 +34,7 @@ from diffusers import ConfigMixin, DDPMScheduler, DiffusionPipeline, ModelMixin,
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from ..models.inputs import class_info, label_ids
+from ..nn.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
 from .denoising import DenoisingPipeline, SamplingState
 from .guidance import GuidanceSchedule, apply_guidance, check_schedule
@@ -233,7 +233,7 @@ class ClassConditionalPipeline(DenoisingPipeline):
                   for k, v in state.model_kwargs.items()}
         timesteps = (t if torch.is_tensor(t) else torch.tensor(t)).to(model_input.device)
         timesteps = timesteps.reshape(-1).expand(model_input.shape[0])
-        return self.transformer(model_input, timesteps, class_labels=labels, return_dict=False, **kwargs)[0]
+        return self.call_denoiser(model_input, timesteps, state, class_labels=labels, **kwargs)[0]
 
     def guide(self, model_output, scale: float, state: SamplingState):
         cond, uncond = model_output.chunk(2)

@@ -5,9 +5,10 @@ Two pipelines, each an existing one plus a `controlnet` component (no sampling l
   sigma, every scheduler, callbacks, VAE decoding);
 - `LayeredControlNetPipeline` = `LayeredTextToImagePipeline` (the layered U-Net, text prompts through its CLIP
   text encoder and/or class labels; the ControlNet sees the same `encoder_hidden_states`).
-While they sample, a forward pre-hook on the backbone (`ControlMixin`) runs the ControlNet(s) on exactly the
-backbone's input (already CFG-batched and scheduler-scaled, with its class labels or text states) and adds
-their residuals as `down_block_additional_residuals` / `mid_block_additional_residual`. Per call:
+At every denoiser call of the loop (`ControlMixin.call_denoiser`) the ControlNet(s) run on exactly the backbone's
+input (already CFG-batched and scheduler-scaled, with its class labels or text states) and their residuals go
+to the backbone as `down_block_additional_residuals` / `mid_block_additional_residual`, as diffusers' ControlNet
+pipelines pass them to the UNet. Per call:
 - `image`: the conditioning image(s) in [0, 1], as PIL images, numpy arrays (H, W[, C]) / (N, H, W, C)
   (uint8 or float) or tensors (C, H, W) / (N, C, H, W); one per sample or one for all; resized to the
   model's grid times the ControlNet's `conditioning_downscale`; a list of those with several ControlNets;
@@ -108,8 +109,8 @@ def _take(value, count: int):
 
 
 class ControlMixin:
-    """ControlNet control for a `DenoisingPipeline` (denoising.py), on its `denoiser` component: it changes no
-    step of the denoising loop, a forward pre-hook on the denoiser adds the residuals."""
+    """ControlNet control for a `DenoisingPipeline` (denoising.py), on its `denoiser` component: the loop's
+    `call_denoiser` gets the ControlNets' residuals for the step among the denoiser's keywords."""
 
     batched_kwargs = ("class_labels", "encoder_hidden_states", "encoder_attention_mask")
 
@@ -172,14 +173,17 @@ class ControlMixin:
             prepared.append(self.prepare_condition(im, batch, net.config.conditioning_channels, height, width)
                             .to(device=device, dtype=net.dtype))
         return {"images": prepared, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
-                "batch": batch, "step": 0}
+                "batch": batch}
 
-    def _add_control(self, module, args, kwargs):
-        """Forward pre-hook on the backbone: add the ControlNets' residuals for this very call."""
+    def control_images(self, state) -> list:
+        """The prepared conditioning images of this call, one per ControlNet."""
+        return self._control["images"]
+
+    def control_residuals(self, sample, timestep, state, kwargs: dict) -> dict:
+        """The ControlNets' residuals for this denoiser call, as the backbone's keywords ({} when none is on)."""
         control = self._control
-        step, control["step"] = control["step"], control["step"] + 1
         total = max(self._num_timesteps, 1)
-        sample, timestep = args[0], args[1]
+        step = state.step_index
         batch = control["batch"]
         guided = top_scale(sample).shape[0] == 2 * batch  # [conditional, unconditional] halves, as both pipelines batch
         only_cond = guided and control["guess_mode"]
@@ -188,7 +192,7 @@ class ControlMixin:
         if only_cond:
             conditioning = {k: _take(v, batch) for k, v in conditioning.items()}
         down, mid = None, None
-        for net, image, scale, start, end in zip(self.controlnets, control["images"], control["scales"],
+        for net, image, scale, start, end in zip(self.controlnets, self.control_images(state), control["scales"],
                                                  control["starts"], control["ends"]):
             if step / total < start or (step + 1) / total > end or scale == 0:
                 continue  # outside this ControlNet's part of the schedule: the exact base prediction
@@ -198,23 +202,26 @@ class ControlMixin:
             down = d if down is None else tuple(a + b for a, b in zip(down, d))
             mid = m if mid is None else mid + m
         if down is None:
-            return args, kwargs
+            return {}
         if only_cond:  # the unconditional half gets no control
             down = tuple(self.pad_unconditional(r) for r in down)
             mid = self.pad_unconditional(mid)
-        return args, {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def call_denoiser(self, sample, timesteps, state, **kwargs):
+        """The backbone's forward with the ControlNets' residuals for this step among its keywords."""
+        residuals = self.control_residuals(sample, timesteps, state, kwargs)
+        return super().call_denoiser(sample, timesteps, state, **kwargs, **residuals)
 
     def call_with_control(self, sample, batch, image, scale, start, end, guess_mode):
-        """Run `sample()` (the base pipeline's __call__) with the control hook on the backbone."""
+        """Run `sample()` (the base pipeline's __call__) with this call's control prepared for `call_denoiser`."""
         self._control = self.prepare_control(image, batch, scale, start, end, guess_mode)
         was_training = [net.training for net in self.controlnets]
         for net in self.controlnets:
             net.eval()
-        handle = self.denoiser.register_forward_pre_hook(self._add_control, with_kwargs=True)
         try:
             return sample()
         finally:
-            handle.remove()
             self._control = None
             for net, training in zip(self.controlnets, was_training):
                 net.train(training)

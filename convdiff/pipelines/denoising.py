@@ -17,7 +17,8 @@ and `finish(latents, state)` runs after the last step. Who overrides what:
   noise), `before_step` / `finish` (known-frame replacement), `predict` (overlapping windows, blended);
 - `LayeredTextToImagePipeline` (layered.py): `prepare_latents` (one noise draw made consistent across scales),
   `run_denoiser`, `guide` and `step` on per-scale lists;
-- the ControlNet pipelines change no step: a forward pre-hook on the denoiser adds the control residuals.
+- the ControlNet pipelines (controlnet.py): `call_denoiser`, which adds the ControlNets' residuals to the
+  denoiser's keywords, as diffusers' ControlNet pipelines pass them to the UNet.
 """
 
 import inspect
@@ -42,7 +43,9 @@ class SamplingState:
     batch-first keyword tensors for the denoiser (doubled for the guidance batch by `run_denoiser`);
     unconditional_kwargs: the values some of them take in the unconditional half (a negative prompt's
     embedding), where they differ from the conditional ones;
-    step_kwargs: keywords for `scheduler.step` (None: the generator, when the scheduler takes one).
+    step_kwargs: keywords for `scheduler.step` (None: the generator, when the scheduler takes one);
+    step_index: the loop's step, set by `denoise` before each one (for schedules over the steps, such as a
+    ControlNet's control_guidance_start / end).
     """
 
     shape: tuple
@@ -56,6 +59,7 @@ class SamplingState:
     model_kwargs: dict = field(default_factory=dict)
     unconditional_kwargs: dict = field(default_factory=dict)
     step_kwargs: dict | None = None
+    step_index: int = 0
 
 
 class DenoisingPipeline(DiffusionPipeline):
@@ -172,6 +176,11 @@ class DenoisingPipeline(DiffusionPipeline):
         """One forward pass; with `guided`, over the [conditional, unconditional] batch."""
         raise NotImplementedError
 
+    def call_denoiser(self, sample, timesteps, state: SamplingState, **kwargs):
+        """The denoiser's forward with `return_dict=False`, the one place the loop calls it (the ControlNet
+        pipelines add their residuals to its keywords here)."""
+        return self.denoiser(sample, timesteps, return_dict=False, **kwargs)
+
     def guide(self, model_output, scale: float, state: SamplingState):
         """Combine the conditional and unconditional halves of a guided forward (guidance.py's rule)."""
         raise NotImplementedError
@@ -221,6 +230,7 @@ class DenoisingPipeline(DiffusionPipeline):
                 for i, t in enumerate(timesteps):
                     if self.interrupt:  # a callback may set pipe._interrupt = True to stop early
                         continue
+                    state.step_index = i
                     latents = self.before_step(latents, t, state)
                     model_output = self.predict(latents, t, state)
                     latents = self.step(model_output, t, latents, state)

@@ -20,7 +20,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..diffusion.multiscale import consistent_noise
-from ..models.inputs import class_info, label_ids
+from ..nn.inputs import class_info, label_ids
 from .arguments import check_sampling_arguments
 from .denoising import DenoisingPipeline, SamplingState
 from .guidance import apply_guidance
@@ -143,7 +143,7 @@ class LayeredTextToImagePipeline(DenoisingPipeline):
         """One model call predicting every scale; the text states and labels already hold both CFG halves."""
         inputs = [torch.cat([x, x]) if guided else x for x in latents]
         timesteps = t.reshape(-1).to(inputs[0].device).expand(inputs[0].shape[0])
-        return self.unet(inputs, timesteps, return_dict=False, **state.model_kwargs)[1]
+        return self.call_denoiser(inputs, timesteps, state, **state.model_kwargs)[1]
 
     def guide(self, model_output, scale: float, state: SamplingState):
         return [apply_guidance(*out.chunk(2), scale) for out in model_output]

@@ -34,7 +34,7 @@ from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.inputs import class_info
+from ..nn.inputs import class_info
 from .arguments import check_sampling_arguments
 from .class_conditional import ClassConditionalPipeline
 from .denoising import SamplingState
@@ -99,6 +99,7 @@ class FramesState(SamplingState):
     known_noise: torch.Tensor | None = None
     window: int | None = None
     overlap: int = 0
+    window_start: int | None = None  # the first frame of the window being denoised (set by `predict`)
     time_kwargs: tuple = ("timestamps",)
     clean_known: bool = False  # first_view_mode="clean": known cells go in clean, not noised
 
@@ -252,7 +253,7 @@ class _FramesPipeline(ClassConditionalPipeline):
             part = latents.narrow(-3, start, window)
             part_kwargs = {k: (v.narrow(-1, start, window) if k in state.time_kwargs and v is not None else v)
                            for k, v in state.model_kwargs.items()}
-            out = super().predict(part, t, replace(state, model_kwargs=part_kwargs))
+            out = super().predict(part, t, replace(state, model_kwargs=part_kwargs, window_start=start))
             if total is None:
                 total = torch.zeros(*out.shape[:-3], num_frames, *out.shape[-2:], device=out.device, dtype=out.dtype)
             total.narrow(-3, start, window).add_(out * weights.view(-1, 1, 1))

@@ -1,8 +1,8 @@
 """Controlled video and 4D sampling: `VideoPipeline` / `FourDPipeline` plus a `controlnet` component.
 
-The ControlNet pipelines' design (controlnet.py) over the frames pipelines: no sampling step is copied, a forward
-pre-hook on the inflated denoiser runs the ControlNet(s), built with `ControlNet.from_backbone(video_model)`, on
-exactly the denoiser's input and keywords (CFG batch, timestamps, cameras) and adds their per-frame residuals
+The ControlNet pipelines' design (controlnet.py) over the frames pipelines: no sampling step is copied; at every
+denoiser call the ControlNet(s), built with `ControlNet.from_backbone(video_model)`, run on exactly the denoiser's
+input and keywords (CFG batch, timestamps, cameras) and their per-frame residuals go to the denoiser
 (docs/controlnet.md, "Controlled video"). Per call, `image` is the condition:
 - shared by every frame: anything `ControlNetPipeline` takes (PIL, numpy, (C, H, W) / (N, C, H, W) tensors);
 - one per frame: a (N, C, F, H, W) tensor (video) or one per view-time cell, (N, C, V, T, H, W) (4D), in [0, 1];
@@ -18,7 +18,7 @@ import torch
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
 from .controlnet import ControlMixin, prepare_condition_image
-from .video import FourDPipeline, VideoPipeline, window_starts
+from .video import FourDPipeline, VideoPipeline
 
 RESIDUAL_KEYS = ("down_block_additional_residuals", "mid_block_additional_residual", "return_dict")
 
@@ -60,7 +60,7 @@ class FramesControlMixin(ControlMixin):
                  **kwargs):
         r"""Generate clips that follow the condition(s); the control arguments are `ControlNetPipeline.__call__`'s,
         the rest the base pipeline's. Checks the call, sizes the grid from a per-frame condition, then samples
-        with the control hook."""
+        with the control residuals added at every denoiser call."""
         guidance_scale, kwargs["num_inference_steps"] = self.resolve_control_sampling(guidance_scale, kwargs)
         _, batch = self.check_call(class_labels, batch_size, guidance_scale, kwargs.get("output_type", "pil"),
                                    kwargs.get("generator"), kwargs["num_inference_steps"])
@@ -105,30 +105,12 @@ class FramesControlMixin(ControlMixin):
         rows = residual.unflatten(0, (streams, -1))
         return torch.cat([rows, torch.zeros_like(rows)], dim=1).flatten(0, 1)
 
-    def predict(self, latents, t, state):
-        """With overlapping windows the denoiser runs once per window in this step, in `window_starts` order:
-        the hook then cuts per-frame conditions to the window and counts the step once."""
-        control = getattr(self, "_control", None)
-        if state.window is None or control is None:
-            return super().predict(latents, t, state)
-        step = control["step"]
-        control["windows"] = iter(window_starts(latents.shape[-3], state.window, state.overlap))
-        control["window"] = state.window
-        try:
-            return super().predict(latents, t, state)
-        finally:
-            control["windows"], control["step"] = None, step + 1
-
-    def _add_control(self, module, args, kwargs):
-        control = self._control
-        if control.get("windows") is None:
-            return super()._add_control(module, args, kwargs)
-        start, images, step = next(control["windows"]), control["images"], control["step"]
-        control["images"] = [im.narrow(-3, start, control["window"]) if im.ndim > 4 else im for im in images]
-        try:
-            return super()._add_control(module, args, kwargs)
-        finally:
-            control["images"], control["step"] = images, step
+    def control_images(self, state) -> list:
+        """Per-frame conditions cut to the window being denoised (`state.window_start`, set by `predict`)."""
+        images = super().control_images(state)
+        if state.window_start is None:
+            return images
+        return [im.narrow(-3, state.window_start, state.window) if im.ndim > 4 else im for im in images]
 
 
 class VideoControlNetPipeline(FramesControlMixin, VideoPipeline):

@@ -8,13 +8,13 @@ diffusers' UNet2DModel (`num_class_embeds`, class_embed_type None) has no null r
 import torch
 from diffusers.models.embeddings import LabelEmbedding as DiffusersLabelEmbedding
 
-from ..models.inputs import class_info
+from ..nn.inputs import class_info
 
 
 def null_class_and_dropout(model):
     """(number of classes, null id or None, dropout probability) for convdiff and diffusers models.
 
-    Classes and null id are read as the pipelines read them (models/inputs.py `class_info`); the dropout rate is
+    Classes and null id are read as the pipelines read them (nn/inputs.py `class_info`); the dropout rate is
     the model's own (convdiff: class_dropout_prob; diffusers' DiT: its label embedders' rate)."""
     config = model.config
     num_classes, null_id = class_info(config)

@@ -84,7 +84,7 @@ def on_path(model, path: str):
 
 def example_inputs(model, batch: int, seed: int = 0) -> tuple:
     """(x, t, class labels) for `model`'s config: NCHW noise, timesteps in [0, 1000), labels within its classes."""
-    from ...models.inputs import class_info
+    from ...nn.inputs import class_info
 
     config = model.config
     size = config.sample_size

@@ -34,6 +34,17 @@ def check_sample(hidden_states: torch.Tensor, in_channels: int, stride: int, mod
         )
 
 
+def check_inputs(hidden_states, timestep, class_labels, config, stride: int, model_name: str):
+    """The checks of a class-conditional denoiser's forward (DiC, DiCo, DiffiT): the sample against the config's
+    `in_channels` and the model's `stride`, then (N,) timesteps and (N,) class ids (None when unconditional)."""
+    check_sample(hidden_states, config.in_channels, stride, model_name)
+    batch, device = hidden_states.shape[0], hidden_states.device
+    timesteps = broadcast_timesteps(timestep, batch, device)
+    labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0, device,
+                                model_name)
+    return timesteps, labels
+
+
 def check_class_labels(class_labels, batch_size: int, num_classes: int, has_null_class: bool, device, model_name: str):
     """Return labels as a long (N,) tensor (or None for an unconditional model), after range checks."""
     if num_classes == 0:
@@ -103,14 +114,3 @@ def resolve_out_channels(in_channels: int, out_channels, learn_sigma: bool) -> i
         raise ValueError(f"out_channels={out_channels} does not match in_channels={in_channels} with "
                          f"learn_sigma={learn_sigma} ({expected}).")
     return expected
-
-
-def stage_conditions(model, hidden_states, timestep, class_labels, force_drop_ids):
-    """Check the inputs of a stage-conditioned conv denoiser (DiC, DiCo) and return its per-level conditions."""
-    name = type(model).__name__
-    check_sample(hidden_states, model.config.in_channels, model.stride, name)
-    batch = hidden_states.shape[0]
-    timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
-    labels = check_class_labels(class_labels, batch, model.config.num_classes, model.config.class_dropout_prob > 0,
-                                hidden_states.device, name)
-    return [c.to(hidden_states.dtype) for c in model.conditioning(timesteps, labels, force_drop_ids)]
