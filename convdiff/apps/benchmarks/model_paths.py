@@ -44,16 +44,18 @@ def build(name: str, path: str, train: bool = False, compile_options: dict | Non
 
 @contextmanager
 def nchw_input(enabled: bool = True):
-    """The NCHW path's input: it enters the conv model without the channels-last conversion."""
-    from ...models import control_points
+    """The NCHW path's input: it enters the conv models' forward without the channels-last conversion."""
+    from ...models import dic, dico
 
-    saved = control_points.to_channels_last
+    saved = {module: module.to_channels_last for module in (dic, dico)}
     if enabled:
-        control_points.to_channels_last = lambda tensor: tensor
+        for module in saved:
+            module.to_channels_last = lambda tensor: tensor
     try:
         yield
     finally:
-        control_points.to_channels_last = saved
+        for module, function in saved.items():
+            module.to_channels_last = function
 
 
 @contextmanager
