@@ -1,5 +1,5 @@
-"""`convdiff <command>`: train, sample, fid, convert, bench, bench-paths, extract-latents, distill, mnist-demo,
-controlnet-demo, layered-eval, video-demo (the COMMANDS table below, also `convdiff --help`).
+"""`convdiff <command>`: train, sample, fid, convert, bench, bench-paths, bench-resolution, extract-latents, distill,
+mnist-demo, controlnet-demo, layered-eval, video-demo (the COMMANDS table below, also `convdiff --help`).
 
 Each command lives next to the code it runs (a library layer's `*_main`, or an application module in
 `convdiff/apps/`); this file only dispatches, importing lazily so `convdiff --help` stays fast. A user error
@@ -17,6 +17,7 @@ COMMANDS = {
     "fid": ("convdiff.eval.fid", "fid_main", "FID between folders / .npz images / .npz statistics, offline"),
     "convert": ("convdiff.convert.main", "convert_main", "convert an official DiC / DiCo (.pt) or DiffiT (.safetensors) checkpoint into a convdiff folder"),
     "bench": ("convdiff.apps.benchmarks.forward", "main", "forward throughput and FLOPs of DiC, DiCo and DiT; appends to docs/benchmarks.md"),
+    "bench-resolution": ("convdiff.apps.benchmarks.resolution", "main", "DiC / DiCo vs DiT from 256 to 2048 px: time, memory, MACs, efficiency gap; appends to docs/benchmarks.md"),
     "bench-paths": ("convdiff.apps.benchmarks.paths", "main", "DiC / DiCo vs DiT at default and best paths (NCHW, default, compiled): forward, training step, sampling, vs the targets; appends to docs/benchmarks.md"),
     "extract-latents": ("convdiff.data.extract", "extract_main", "encode an image folder (and its flips) into VAE latents"),
     "distill": ("convdiff.distill.main", "distill_main", "ΔConvFusion: distil a pipeline's self-attention into ΔConv / linear-attention students"),

@@ -1,0 +1,475 @@
+"""`convdiff bench-resolution`: what a step costs as the resolution grows, the conv models against DiT.
+
+Convolution cost grows with the pixels, attention with their square, so the conv backbones' edge over a
+transformer should grow with resolution (the DiCo paper: 2.7x over DiT-XL/2 at 256 px, 3.1x at 512 px, A100).
+This benchmark measures that edge on one machine, in one run:
+
+- DiC-S and DiCo-S against DiT-S/2 (`--xl` adds DiC-XL and DiCo-XL against DiT-XL/2) at 256, 512, 1024 and
+  2048 px images, i.e. SD-VAE latents of 32 ... 256 px (4 channels, stride 8); batch `--batch` (1: per image);
+- forward (inference) and training step (forward + backward + AdamW) per image, the models alternated round by
+  round so a change of load falls on all of them (one model resident at a time for the training steps);
+- peak memory per image: the largest rise of the process's resident memory (CPU) or of
+  `torch.cuda.max_memory_allocated` (GPU) during one call;
+- each model's MACs at each resolution, counted on its warm-up call (`instruments.analytic_macs`). A conv model's
+  **MAC-parity ratio** against DiT is DiT's MACs / its MACs: the speed ratio it reaches if it runs as many MACs per
+  second as DiT does. Its measured ratio over that is its efficiency relative to DiT;
+- the efficiency gap (`--profile`): time per kind of op on one forward (dense = convolutions and matmuls, depthwise
+  conv, attention, and the rest: norms, modulations, elementwise) against the arithmetic floor of its MACs at the
+  matmul rate measured in the same run.
+
+On a GPU (`--device cuda`) each call is timed with CUDA events after a synchronisation, and the TF32 and autocast
+settings of the run are recorded with the figures. `scripts/gpu_bench.sh` is the prepared GPU run.
+Writes a markdown section (docs/benchmarks.md) and two PNG plots (time per image against pixels, log-log, with the
+MAC-parity lines; the efficiency gap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUTPUT = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
+PLOTS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks"
+CONV = ("dic-s", "dico-s")
+BASELINE = "dit-s-2"
+XL = ("dic-xl", "dico-xl", "dit-xl-2")  # --xl: the XL conv models against DiT-XL/2
+KINDS = ("dense", "depthwise conv", "attention", "other")
+VAE_STRIDE = 8
+
+
+@dataclass
+class Cell:
+    """One model at one resolution: seconds per image (forward, training step), peak bytes, MACs by kind."""
+
+    model: str
+    pixels: int
+    forward: list = field(default_factory=list)
+    train: list = field(default_factory=list)
+    forward_bytes: int = 0
+    train_bytes: int = 0
+    macs: dict = field(default_factory=dict)
+    kind_seconds: dict = field(default_factory=dict)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(self.macs.values())
+
+    @staticmethod
+    def median(values) -> float:
+        ordered = sorted(values)
+        return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ devices
+
+class Clock:
+    """Times one call: wall clock on the CPU; CUDA events after a synchronisation on a GPU (a kernel launch
+    returns before the kernel has run, so a wall clock alone times the launches)."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __call__(self, call) -> float:
+        import torch
+
+        if self.device == "cpu":
+            tick = time.perf_counter()
+            call()
+            return time.perf_counter() - tick
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+
+class PeakMemory:
+    """The largest rise of memory in use during a block: resident memory sampled every 2 ms on the CPU
+    (/proc/self/statm), `torch.cuda.max_memory_allocated` on a GPU."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    @staticmethod
+    def _resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def measure(self, call) -> int:
+        import torch
+
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            call()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before
+        gc.collect()
+        before, peak, done = self._resident(), [0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], self._resident())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            call()
+        finally:
+            done.set()
+            sampler.join()
+        return max(peak[0], self._resident()) - before
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("convdiff bench-resolution: error: --device cuda, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); run it on a GPU machine "
+                         "or leave --device out for the CPU.")
+
+
+def settings_line(device: str, precision: str) -> str:
+    """What decides the numbers besides the code: precision, TF32 switches, threads, versions."""
+    import torch
+
+    parts = [f"device {device}", f"precision {precision} ({'autocast' if precision != 'fp32' else 'no autocast'})"]
+    if device == "cuda":
+        parts += [torch.cuda.get_device_name(0),
+                  f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}",
+                  f"CUDA {torch.version.cuda}"]
+    else:
+        parts.append(f"{torch.get_num_threads()} threads")
+    return "; ".join(parts + [f"torch {torch.__version__}"])
+
+
+def autocast(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def matmul_rate(device: str, precision: str) -> float:
+    """Best GFLOP/s of an n x n matmul (n up to 4096 on a GPU), in the run's precision."""
+    import torch
+
+    from .instruments import measure_matmul_peak
+
+    if device == "cpu":
+        return measure_matmul_peak("bf16" if precision == "bf16" else "fp32")
+    clock, best = Clock(device), 0.0
+    with torch.inference_mode(), autocast(device, precision):
+        for n in (1024, 2048, 4096):
+            a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+            a @ b
+            best = max(best, 2 * n ** 3 / min(clock(lambda: a @ b) for _ in range(5)) / 1e9)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ calls
+
+def build(name: str, pixels: int, device: str, train: bool):
+    """A seeded registry model for `pixels`-px images (latents of pixels / 8), and its example inputs."""
+    import torch
+
+    from ...registry import create_model
+    from .model_paths import example_inputs
+
+    torch.manual_seed(0)
+    model = create_model(name, sample_size=pixels // VAE_STRIDE).to(device).train(train)
+    return model, tuple(t.to(device) for t in example_inputs(model, 1))
+
+
+def forward_call(model, inputs, device: str, precision: str, batch: int):
+    import torch
+
+    inputs = tuple(t.expand(batch, *t.shape[1:]).contiguous() for t in inputs)
+
+    def run():
+        with torch.inference_mode(), autocast(device, precision):
+            model(*inputs)
+    return run
+
+
+def train_call(model, inputs, device: str, precision: str, batch: int):
+    import torch
+
+    inputs = tuple(t.expand(batch, *t.shape[1:]).contiguous() for t in inputs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, t, y = inputs
+
+    def run():
+        with autocast(device, precision):
+            out = model(x, t, class_labels=y).sample
+        out.float().square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def kind_of(event) -> str:
+    """Which kind of work an aten op is, for the efficiency gap."""
+    name = event.key
+    if "attention" in name:
+        return "attention"
+    if "conv" in name:
+        shapes = getattr(event, "input_shapes", None) or []
+        weight = shapes[1] if len(shapes) > 1 else []
+        return "depthwise conv" if len(weight) == 4 and weight[1] == 1 and weight[2] > 1 else "dense"
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"):
+        return "dense"
+    return "other"
+
+
+def profile_kinds(call, device: str) -> dict:
+    """Seconds per kind of op (self time of the aten ops) over one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        call()
+    seconds = dict.fromkeys(KINDS, 0.0)
+    for event in prof.key_averages(group_by_input_shape=True):
+        if not event.key.startswith(("aten::", "mkldnn::")):  # mkldnn::: fast_conv's fused conv + GELU
+            continue
+        own = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
+        seconds[kind_of(event)] += own / 1e6
+    return seconds
+
+
+def macs_by_kind(model, inputs, device: str, precision: str) -> dict:
+    """MACs of one forward, grouped as the efficiency gap groups time (dense = convs + linears)."""
+    import torch
+
+    from .instruments import analytic_macs
+
+    with torch.inference_mode(), autocast(device, precision):
+        counted = analytic_macs(model, inputs)
+    return {"dense": counted["conv"] + counted["linear"], "depthwise conv": counted["depthwise/grouped conv"],
+            "attention": counted["attention"], "other": 0}
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def measure(args, log=print) -> tuple[list, float]:
+    """{(model, pixels): Cell} for every model and resolution, and the matmul rate of this run."""
+    from .instruments import round_robin
+
+    clock, memory = Clock(args.device), PeakMemory(args.device)
+    rate = matmul_rate(args.device, args.precision)
+    log(f"matmul rate {rate:.0f} GFLOP/s ({args.precision}, {args.device})")
+    models = run_models(args)
+    cells = {}
+    for pixels in args.resolutions:
+        log(f"{pixels} px images ({pixels // VAE_STRIDE} px latents)")
+        resident = {}
+        for name in models:  # forward: all models side by side, alternated
+            model, inputs = build(name, pixels, args.device, train=False)
+            cell = cells[(name, pixels)] = Cell(name, pixels)
+            cell.macs = macs_by_kind(model, inputs, args.device, args.precision)  # also the warm-up call
+            call = forward_call(model, inputs, args.device, args.precision, args.batch)
+            cell.forward_bytes = memory.measure(call) // args.batch
+            if args.profile:
+                cell.kind_seconds = {k: v / args.batch for k, v in profile_kinds(call, args.device).items()}
+            resident[name] = (model, call)
+        timed = round_robin({name: (lambda c=c: clock(c)) for name, (_, c) in resident.items()}, args.rounds)
+        for name in models:
+            cells[(name, pixels)].forward = [seconds / args.batch for seconds in timed[name].seconds]
+            log(f"  forward {name:10s} {cells[(name, pixels)].median(cells[(name, pixels)].forward):8.3f} s/image")
+        resident.clear()
+        gc.collect()
+        if args.train_rounds:
+            for _ in range(args.train_rounds):  # training: one model resident at a time, in turn
+                for name in models:
+                    model, inputs = build(name, pixels, args.device, train=True)
+                    call = train_call(model, inputs, args.device, args.precision, args.batch)
+                    cell = cells[(name, pixels)]
+                    if not cell.train_bytes:
+                        cell.train_bytes = memory.measure(call) // args.batch  # the warm-up step
+                    else:
+                        call()
+                    cell.train.append(clock(call) / args.batch)
+                    del model, call
+                    gc.collect()
+            for name in models:
+                log(f"  train   {name:10s} {Cell.median(cells[(name, pixels)].train):8.3f} s/image")
+    return cells, rate
+
+
+def run_models(args) -> list:
+    """Every model of the run, each conv model before its baseline."""
+    return [*args.models, args.baseline, *(XL if args.xl else ())]
+
+
+def pairs(args) -> list:
+    """(conv model, the transformer baseline it is measured against) in the run."""
+    return [(m, args.baseline) for m in args.models] + ([(m, XL[-1]) for m in XL[:-1]] if args.xl else [])
+
+
+def table(cells: dict, resolutions, models, pairs_: list) -> str:
+    head = ("| model | px | MACs (G) | forward s/image | train s/image | peak MB/image (fwd / train) | "
+            "forward vs baseline | train vs baseline | MAC parity | forward / parity |")
+    lines = [head, "|---" * 10 + "|"]
+    baseline_of = dict(pairs_)
+    for pixels in resolutions:
+        for name in models:
+            c = cells[(name, pixels)]
+            fwd, trn = Cell.median(c.forward), Cell.median(c.train)
+            ratio = ratio_train = parity = share = "-"
+            if name in baseline_of:
+                b = cells[(baseline_of[name], pixels)]
+                parity_value = b.total_macs / max(c.total_macs, 1)
+                ratio_value = Cell.median(b.forward) / fwd
+                ratio, parity = f"{ratio_value:.2f}x", f"{parity_value:.2f}x"
+                share = f"{ratio_value / parity_value:.0%}"
+                if c.train and b.train:
+                    ratio_train = f"{Cell.median(b.train) / trn:.2f}x"
+            train_text = f"{trn:.3f}" if c.train else "-"
+            lines.append(f"| {name} | {pixels} | {c.total_macs / 1e9:.1f} | {fwd:.3f} | {train_text} | "
+                         f"{c.forward_bytes / 2**20:.0f} / {c.train_bytes / 2**20:.0f} | {ratio} | {ratio_train} | "
+                         f"{parity} | {share} |")
+    return "\n".join(lines)
+
+
+def gap_table(cells: dict, resolutions, models, rate: float) -> str:
+    lines = ["| model | px | " + " | ".join(f"{k} s (floor)" for k in KINDS) + " |",
+             "|---|---|" + "---|" * len(KINDS)]
+    for pixels in resolutions:
+        for name in models:
+            c = cells[(name, pixels)]
+            if not c.kind_seconds:
+                continue
+            parts = [f"{c.kind_seconds[k]:.3f} ({2 * c.macs.get(k, 0) / (rate * 1e9):.3f})" for k in KINDS]
+            lines.append(f"| {name} | {pixels} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells: dict, resolutions, models, pairs_: list, rate: float, folder: Path, stamp: str) -> list:
+    """Two PNGs: time per image against pixels (log-log) with each conv model's MAC-parity line, and the
+    efficiency gap (time per kind against its floor at the measured matmul rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pixels = [p * p for p in resolutions]
+    for name in models:
+        ax.plot(pixels, [Cell.median(cells[(name, p)].forward) for p in resolutions], "o-", label=name)
+    for name, base in pairs_:  # the conv model at the transformer's MACs per second
+        parity = [Cell.median(cells[(base, p)].forward) * cells[(name, p)].total_macs / cells[(base, p)].total_macs
+                  for p in resolutions]
+        ax.plot(pixels, parity, ":", label=f"{name} at {base}'s MAC rate")
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("pixels per image"), ax.set_ylabel("forward seconds per image")
+    ax.set_title("cost against resolution")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / f"resolution-{stamp}.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    profiled = [(n, p) for p in resolutions for n in models if cells[(n, p)].kind_seconds]
+    if profiled:
+        fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(profiled)), 4.5))
+        bottom = [0.0] * len(profiled)
+        for kind in KINDS:
+            heights = [cells[key].kind_seconds[kind] for key in profiled]
+            ax.bar(range(len(profiled)), heights, bottom=bottom, label=kind)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        floors = [sum(2 * cells[key].macs.get(k, 0) for k in KINDS) / (rate * 1e9) for key in profiled]
+        ax.scatter(range(len(profiled)), floors, marker="_", s=300, color="black", label="arithmetic floor", zorder=3)
+        ax.set_xticks(range(len(profiled)), [f"{n}\n{p}px" for n, p in profiled], fontsize=6, rotation=90)
+        ax.set_yscale("log")
+        ax.set_ylabel("forward seconds per image")
+        ax.set_title(f"efficiency gap: time per kind vs the floor at {rate:.0f} GFLOP/s")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(folder / f"efficiency-gap-{stamp}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from .instruments import add_report_options
+
+    parser = argparse.ArgumentParser(prog="convdiff bench-resolution", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(CONV),
+                        help="conv models, each measured against --baseline (default: %(default)s)")
+    parser.add_argument("--baseline", default=BASELINE, help="the transformer they are measured against (default: %(default)s)")
+    parser.add_argument("--xl", action="store_true", help="also the XL sizes (DiC-XL, DiCo-XL, DiT-XL/2)")
+    parser.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024, 2048],
+                        help="image sizes in pixels, divisible by 32 (latents = pixels / 8; default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default: 1, time per image)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed forward rounds per model (default: 3)")
+    parser.add_argument("--train-rounds", type=int, default=1,
+                        help="timed training steps per model, each after a warm-up step (0: forward only; default: 1)")
+    parser.add_argument("--profile", action="store_true", help="the efficiency gap: time per kind of op vs its floor")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="fp32, or bf16 / fp16 autocast (default: fp32)")
+    parser.add_argument("--plots", type=Path, default=PLOTS, help=f"folder for the PNG plots (default: {PLOTS})")
+    add_report_options(parser, OUTPUT)
+    args = parser.parse_args(argv)
+    bad = [r for r in args.resolutions if r <= 0 or r % 32]
+    if bad:
+        parser.error(f"--resolutions must be positive multiples of 32 (latents divisible by the models' stride 4), got {bad}")
+    if args.batch < 1 or args.rounds < 1 or args.train_rounds < 0:
+        parser.error("--batch and --rounds must be >= 1 and --train-rounds >= 0")
+    if args.device == "cpu" and args.precision == "fp16":
+        parser.error("--precision fp16 needs --device cuda (CPU autocast runs bf16)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from .instruments import CpuMeter, append_section, machine_line
+
+    check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision != "fp32"
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with CpuMeter() as meter:
+        cells, rate = measure(args)
+    models, pairs_ = run_models(args), pairs(args)
+    stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
+    plots = plot(cells, args.resolutions, models, pairs_, rate, args.plots, stamp)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    others = "" if meter.others_cores is None else f"; other processes used {meter.others_cores:.2f} cores meanwhile"
+    section = "\n".join([
+        f"## {args.title or 'Cost against resolution'} ({started})", "",
+        f"Command: `convdiff bench-resolution {argv_text}`. Machine: {machine_line(torch.get_num_threads())}. "
+        f"Settings: {settings_line(args.device, args.precision)}. Matmul rate measured in this run: "
+        f"{rate:.0f} GFLOP/s{others}.", "",
+        table(cells, args.resolutions, models, pairs_), "",
+        "MAC parity: the baseline's MACs / the model's, the speed ratio at equal MACs per second; "
+        "forward / parity: the measured ratio over it (100% = as efficient per MAC as the transformer).", "",
+        *([gap_table(cells, args.resolutions, models, rate), ""] if args.profile else []),
+        *[f"![{path.stem}]({os.path.relpath(path, args.output.parent)})" for path in plots], ""])
+    print(section)
+    if not args.no_write:
+        append_section(section, args.output)
+    return 0

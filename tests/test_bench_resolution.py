@@ -1,0 +1,45 @@
+"""The resolution sweep's shape (not its timings): rows per model and resolution, MAC parity from counted MACs,
+the efficiency-gap split, the plots, the markdown section, and clear refusals."""
+
+import re
+
+import pytest
+
+from convdiff.apps.benchmarks import resolution
+
+TINY = ["--models", "dic-tiny", "--baseline", "dit-tiny", "--resolutions", "64", "128", "--rounds", "1",
+        "--train-rounds", "1", "--threads", "1"]
+
+
+def test_the_sweep_writes_its_table_plots_and_section(tmp_path, capsys):
+    output, plots = tmp_path / "benchmarks.md", tmp_path / "plots"
+    assert resolution.main([*TINY, "--profile", "--output", str(output), "--plots", str(plots)]) == 0
+    section = output.read_text()
+    assert section == "\n" + capsys.readouterr().out.split("## ", 1)[1].join(["## ", ""]) or "## Cost" in section
+    rows = [line for line in section.splitlines() if re.match(r"\| (dic|dit)-tiny \| (64|128) \|", line)]
+    assert len(rows) == 2 * 2 * 2  # the time table and the efficiency-gap table, 2 models x 2 resolutions each
+    conv_rows = [r.split(" | ") for r in rows if r.startswith("| dic-tiny") and r.count("|") == 11]
+    assert len(conv_rows) == 2 and all(row[6].endswith("x") and row[8].endswith("x") for row in conv_rows)
+    assert "Matmul rate measured in this run" in section and "Command: `convdiff bench-resolution" in section
+    assert sorted(p.name.split("-2")[0] for p in plots.iterdir()) == ["efficiency-gap", "resolution"]
+    assert all(p.stat().st_size > 1000 for p in plots.iterdir())
+
+
+def test_mac_parity_is_the_baselines_macs_over_the_models():
+    cells = {("conv", 256): resolution.Cell("conv", 256, forward=[1.0], macs={"dense": 10, "attention": 0}),
+             ("dit", 256): resolution.Cell("dit", 256, forward=[3.0], macs={"dense": 20, "attention": 20})}
+    table = resolution.table(cells, [256], ["conv", "dit"], [("conv", "dit")])
+    row = next(line for line in table.splitlines() if line.startswith("| conv |")).split(" | ")
+    assert row[6] == "3.00x" and row[8] == "4.00x" and row[9] == "75% |"  # 3x measured at 4x the MACs: 75%
+
+
+def test_clear_refusals(capsys):
+    with pytest.raises(SystemExit):
+        resolution.parse_args(["--resolutions", "100"])
+    assert "multiples of 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        resolution.parse_args(["--precision", "fp16"])
+    assert "needs --device cuda" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+            resolution.check_device("cuda")
