@@ -27,6 +27,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..models.class_paths import check_pipeline_folder
 from .guidance import GuidanceSchedule, guidance_scale_at
 
 
@@ -64,6 +65,13 @@ class DenoisingPipeline(DiffusionPipeline):
     @property
     def denoiser(self):
         return getattr(self, self.denoiser_name)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' loader, after the folder's component classes and model sizes pass `check_pipeline_folder`
+        (docs/security.md): a folder from someone else imports nothing outside convdiff, diffusers, transformers."""
+        check_pipeline_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
     @property

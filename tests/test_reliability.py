@@ -1,0 +1,152 @@
+"""Regression tests for the attacker's and careless user's cases of the reliability round (docs/security.md):
+folders run no code, configs are bounded, a resume keeps the run's record true, outputs are owned, and every
+weak input gets one clear error."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from convdiff.models.class_paths import import_class
+from convdiff.models.config_bounds import MAX_PARAMS_ENV, ModelTooLarge
+from convdiff.models.controlnet import ControlNet
+from convdiff.models.video import inflate
+from convdiff.pipelines import ClassConditionalPipeline
+from convdiff.pipelines.video import FourDPipeline, VideoPipeline
+from convdiff.registry import create_model
+
+TINY = dict(hidden_size=8, depth=[1, 1, 1, 1, 1], sample_size=8, in_channels=1, num_classes=3)
+PAYLOAD = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\nclass Evil:\n    pass\n"
+
+
+def tiny_base():
+    torch.manual_seed(0)
+    return create_model("dic-tiny", **TINY)
+
+
+@pytest.fixture(scope="module")
+def video_pipe():
+    pipe = VideoPipeline(inflate(tiny_base(), to="video", temporal="attention", max_frames=4),
+                         DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def fourd_pipe():
+    model = inflate(create_model("dic-tiny", **{**TINY, "in_channels": 3, "num_classes": 0, "learn_sigma": False}),
+                    to="4d", temporal="attention", view="attention", camera_dim=4, max_frames=2, max_views=2)
+    pipe = FourDPipeline(model, DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def payload(tmp_path, monkeypatch):
+    """A module `payload_mod` in the current directory, which is on sys.path (as under `python -c` or a notebook
+    started there); importing it writes `marker`. Returns (folder for saved pipelines, marker)."""
+    marker = tmp_path / "marker"
+    (tmp_path / "payload_mod.py").write_text(PAYLOAD.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "payload_mod", raising=False)
+    return tmp_path, marker
+
+
+# ---- 1. no code from a folder ------------------------------------------------------------------------------
+
+def test_a_video_folder_naming_a_module_beside_it_runs_no_code(video_pipe, payload):
+    root, marker = payload
+    folder = root / "video"
+    video_pipe.save_pretrained(folder)
+    (folder / "transformer" / "payload_mod.py").write_text(PAYLOAD.format(marker=str(marker)))
+    edit_json(folder / "transformer" / "config.json", base_class="payload_mod.Evil")
+    with pytest.raises(ValueError, match=r"'payload_mod'.*not inside convdiff or diffusers"):
+        VideoPipeline.from_pretrained(folder)
+    assert not marker.exists(), "the folder's module ran"
+    assert "payload_mod" not in sys.modules
+
+
+def test_a_controlnet_folder_naming_a_module_beside_it_runs_no_code(payload):
+    root, marker = payload
+    folder = root / "controlnet"
+    ControlNet.from_backbone(tiny_base(), conditioning_channels=1).save_pretrained(folder)
+    (folder / "payload_mod.py").write_text(PAYLOAD.format(marker=str(marker)))
+    edit_json(folder / "config.json", backbone_class="payload_mod.Evil")
+    with pytest.raises(ValueError, match=r"backbone class 'payload_mod.Evil'.*not inside convdiff or diffusers"):
+        ControlNet.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_a_pipeline_folder_whose_model_index_names_a_module_in_the_current_directory_runs_no_code(video_pipe, payload):
+    root, marker = payload
+    folder = root / "pipe"
+    ClassConditionalPipeline(tiny_base(), DDIMScheduler()).save_pretrained(folder)
+    edit_json(folder / "model_index.json", transformer=["payload_mod", "Evil"])
+    with pytest.raises(ValueError, match=r"component 'transformer'.*'payload_mod'"):
+        ClassConditionalPipeline.from_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_an_installed_module_named_by_a_config_is_not_imported(capsys):
+    sys.modules.pop("this", None)
+    for path in ("this.s", "os.system", "torch.nn.Conv2d", "convdiff..models.X", "..dic.DiCModel", 5):
+        with pytest.raises(ValueError, match="2D backbone"):
+            import_class(path, "2D backbone")
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+    assert import_class("convdiff.models.dic.DiCModel", "2D backbone").__name__ == "DiCModel"
+    assert import_class("diffusers.DiTTransformer2DModel", "2D backbone").__name__ == "DiTTransformer2DModel"
+
+
+# ---- 2. bounded configs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(hidden_size=-4), "hidden_size must be an integer >= 1, got -4"),
+    (dict(hidden_size=0), "hidden_size must be an integer >= 1, got 0"),
+    (dict(hidden_size="abc"), "hidden_size must be an integer >= 1, got 'abc'"),
+    (dict(depth=[2, -1, 2, 2, 2]), r"depth must be an integer >= 1 \(or a list of them\)"),
+    (dict(hidden_size=10**9), f"above the size limit.*{MAX_PARAMS_ENV}"),
+    (dict(depth=[100000] * 5), f"tensors.*{MAX_PARAMS_ENV}"),
+])
+def test_recipe_sizes_are_checked_before_anything_is_allocated(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("dic-tiny", **overrides)
+
+
+def test_the_size_limit_is_raised_explicitly(monkeypatch):
+    monkeypatch.setenv(MAX_PARAMS_ENV, "1000")
+    with pytest.raises(ModelTooLarge, match="now 1,000"):
+        create_model("dic-tiny", **TINY)
+    monkeypatch.setenv(MAX_PARAMS_ENV, "1e7")
+    assert create_model("dic-tiny", **TINY).config.hidden_size == 8
+    monkeypatch.setenv(MAX_PARAMS_ENV, "lots")
+    with pytest.raises(ValueError, match=f"{MAX_PARAMS_ENV}='lots' must be a number"):
+        create_model("dic-tiny", **TINY)
+
+
+@pytest.mark.parametrize("changes,match", [(dict(hidden_size=10**9), "above the size limit"),
+                                           (dict(hidden_size=-4), "hidden_size must be an integer >= 1, got -4"),
+                                           (dict(depth=[100000] * 5), "tensors")])
+def test_folder_configs_are_bounded(video_pipe, tmp_path, changes, match):
+    folder = tmp_path / "video"
+    video_pipe.save_pretrained(folder)
+    config = folder / "transformer" / "config.json"
+    edit_json(config, base_config={**json.loads(config.read_text())["base_config"], **changes})
+    with pytest.raises(ValueError, match=match):
+        VideoPipeline.from_pretrained(folder)
+    plain = tmp_path / "plain"
+    ClassConditionalPipeline(tiny_base(), DDIMScheduler()).save_pretrained(plain)
+    edit_json(plain / "transformer" / "config.json", **changes)
+    with pytest.raises(ValueError, match=match) as info:
+        ClassConditionalPipeline.from_pretrained(plain)
+    assert "transformer/config.json" in str(info.value)
+
