@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers import DDIMScheduler
 
 from convdiff.models.class_paths import import_class
@@ -150,3 +151,83 @@ def test_folder_configs_are_bounded(video_pipe, tmp_path, changes, match):
         ClassConditionalPipeline.from_pretrained(plain)
     assert "transformer/config.json" in str(info.value)
 
+
+# ---- 3. a resume keeps the run's record true ---------------------------------------------------------------
+
+RUN = ["model=dic-tiny", "model_overrides.hidden_size=8", "model_overrides.in_channels=1",
+       "model_overrides.sample_size=28", "model_overrides.num_classes=10", "model_overrides.depth=[1,1,1,1,1]",
+       "train_batch_size=4", "report_to=null", "logging_steps=1", "sample_num_inference_steps=1",
+       "sample_final_grid=false", "learning_rate=0.003", "checkpointing_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    from convdiff.training import train_main
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_main([*RUN, "max_train_steps=2", f"output_dir={out}"])
+    return out
+
+
+@pytest.fixture
+def run(two_step_run, tmp_path):
+    import shutil
+
+    return shutil.copytree(two_step_run, tmp_path / "run")
+
+
+def test_resume_refuses_a_changed_learning_rate_and_keeps_the_record(run):
+    from convdiff.training import train_main
+
+    record = (run / "train_config.yaml").read_text()
+    for change, key in (("learning_rate=0.01", "learning_rate"), ("seed=3", "seed"), ("train_batch_size=2", "train_batch_size"),
+                        ("objective=v_prediction", "objective"), ("lr_scheduler=cosine", "lr_scheduler")):
+        with pytest.raises(ValueError, match=rf"--resume would change what this run trains \({key}: .*--accept-changes"):
+            train_main([*RUN, "max_train_steps=3", f"output_dir={run}", "--resume", "latest", change])
+    assert (run / "train_config.yaml").read_text() == record
+    assert not (run / "checkpoint-3").exists()
+
+
+def test_resume_may_extend_the_run_and_an_accepted_change_is_appended_with_its_step(run):
+    from convdiff.files import load_weights_only
+    from convdiff.training import train_main
+
+    record = (run / "train_config.yaml").read_text()
+    train_main([*RUN, "max_train_steps=3", f"output_dir={run}", "--resume", "latest"])
+    assert (run / "checkpoint-3").is_dir() and (run / "train_config.yaml").read_text() == record
+    train_main([*RUN, "max_train_steps=4", f"output_dir={run}", "--resume", "latest", "--accept-changes",
+                "learning_rate=0.01"])
+    assert (run / "train_config.yaml").read_text() == record, "train_config.yaml was rewritten"
+    changes = yaml.safe_load((run / "train_changes.yaml").read_text())
+    assert changes[-1]["step"] == 3
+    assert changes[-1]["changes"]["learning_rate"] == {"was": 0.003, "now": 0.01}
+    assert changes[-1]["changes"]["max_train_steps"] == {"was": 2, "now": 4}
+    optimizer = load_weights_only(run / "checkpoint-4" / "optimizer.bin")
+    assert [g["lr"] for g in optimizer["param_groups"]] == [0.01], "the accepted learning rate was not applied"
+
+
+def test_a_corrupt_or_malicious_checkpoint_file_is_named(run, tmp_path):
+    from convdiff.training import train_main
+
+    resume = [*RUN, "max_train_steps=3", f"output_dir={run}", "--resume", "latest"]
+    ckpt, marker = run / "checkpoint-2", tmp_path / "marker"
+    state = (ckpt / "training_state.json").read_text()
+    (ckpt / "training_state.json").write_text("")
+    with pytest.raises(ValueError, match=r"checkpoint-2/training_state.json is not valid JSON"):
+        train_main(resume)
+    (ckpt / "training_state.json").write_text(state)
+
+    class RunsCode:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w')",)
+
+    for name in ("optimizer.bin", "scheduler.bin"):
+        good = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(b"garbage, not a torch file")
+        with pytest.raises(ValueError, match=rf"checkpoint-2/{name} is not a readable torch checkpoint"):
+            train_main(resume)
+        torch.save({"state": RunsCode()}, ckpt / name)
+        with pytest.raises(ValueError, match=rf"checkpoint-2/{name} holds Python objects"):
+            train_main(resume)
+        assert not marker.exists()
+        (ckpt / name).write_bytes(good)
