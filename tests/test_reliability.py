@@ -231,3 +231,50 @@ def test_a_corrupt_or_malicious_checkpoint_file_is_named(run, tmp_path):
             train_main(resume)
         assert not marker.exists()
         (ckpt / name).write_bytes(good)
+
+
+# ---- 4. outputs are owned ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipe") / "pipeline"
+    ClassConditionalPipeline(tiny_base(), DDIMScheduler()).save_pretrained(folder)
+    return folder
+
+
+def sample(folder, output, *extra):
+    from convdiff.cli import main
+
+    return main(["sample", "--pipeline", str(folder), "--output", str(output), "--steps", "1", *extra])
+
+
+def test_sample_refuses_an_existing_grid_without_overwrite(pipeline_folder, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"mine")
+    assert sample(pipeline_folder, grid, "--labels", "0,1") == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err and grid.read_bytes() == b"mine"
+    assert sample(pipeline_folder, grid, "--labels", "0,1", "--overwrite") == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (16, 8)
+
+
+def test_sample_checks_the_output_before_loading_anything(tmp_path, capsys, monkeypatch):
+    import convdiff.apps.sample as sample_app
+
+    monkeypatch.setattr(sample_app, "load_pipeline", lambda *a, **k: pytest.fail("the pipeline was loaded"))
+    for output, message in ((tmp_path / "grid.txt", "extension '.txt'"), (tmp_path / "grid", "extension '(none)'"),
+                            (tmp_path, "is a folder")):
+        assert sample(tmp_path / "missing", output) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "grid.txt").exists()
+
+
+@pytest.mark.parametrize("labels,match", [("", r"--labels: expected comma-separated class ids .* got ''"),
+                                          ("a,b", r"--labels: .*'a' is not an integer")])
+def test_sample_labels_are_parsed_with_a_message_naming_the_flag(pipeline_folder, tmp_path, capsys, labels, match):
+    with pytest.raises(SystemExit):
+        sample(pipeline_folder, tmp_path / "grid.png", "--labels", labels)
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
