@@ -28,6 +28,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.class_paths import check_pipeline_folder
+from .arguments import check_finite
 from .guidance import GuidanceSchedule, guidance_scale_at
 
 
@@ -107,6 +108,7 @@ class DenoisingPipeline(DiffusionPipeline):
         if latents is None:
             latents = self.initial_noise(state)
         else:
+            check_finite("latents", latents)
             latents = latents.to(device=state.device, dtype=state.dtype)
         # DiTPipeline forgets this; Euler-type samplers start at sigma_max (~157 for the linear schedule).
         init_sigma = getattr(self.scheduler, "init_noise_sigma", None)
