@@ -278,3 +278,125 @@ def test_sample_labels_are_parsed_with_a_message_naming_the_flag(pipeline_folder
     import re
 
     assert re.search(match, capsys.readouterr().err)
+
+
+# ---- 5. pipelines refuse what they cannot sample -----------------------------------------------------------
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("num_frames", [0, -2, 2.5, True, "4"])
+def test_video_num_frames_outside_one_to_max_frames_is_refused(video_pipe, fourd_pipe, num_frames):
+    with pytest.raises(ValueError, match=rf"num_frames must be an integer >= 1, got {num_frames!r}"):
+        video_pipe([0], num_frames=num_frames, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_frames must be an integer >= 1"):
+        fourd_pipe(batch_size=1, cameras=torch.zeros(2, 4), num_frames=num_frames, num_inference_steps=1)
+
+
+def test_video_windows_and_views_are_checked(video_pipe, fourd_pipe):
+    with pytest.raises(ValueError, match="window_frames must be an integer >= 1, got 0"):
+        video_pipe([0], num_frames=6, window_frames=0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_views must be an integer >= 1 and <= the model's max_views=2, got 3"):
+        fourd_pipe(batch_size=1, cameras=torch.zeros(3, 4), num_frames=2, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_views must be an integer >= 1"):
+        fourd_pipe(batch_size=1, cameras=torch.zeros(2, 4), num_views=0, num_frames=2, num_inference_steps=1)
+    frames = video_pipe([0], num_frames=1, num_inference_steps=1, output_type="np").frames
+    assert frames.shape[1] == 1  # one frame is one frame, not the model's default
+
+
+def test_nan_or_infinite_inputs_are_refused(video_pipe, fourd_pipe):
+    image = ClassConditionalPipeline(tiny_base(), DDIMScheduler())
+    for bad in (NAN, float("inf")):
+        latents = torch.zeros(1, 1, 8, 8)
+        latents[0, 0, 3, 3] = bad
+        with pytest.raises(ValueError, match=r"latents holds 1 NaN or infinite value\(s\) of 64"):
+            image(class_labels=[0], latents=latents, num_inference_steps=1)
+        with pytest.raises(ValueError, match="latents holds 1 NaN"):
+            video_pipe([0], latents=torch.stack([latents, torch.zeros_like(latents)], 2), num_inference_steps=1)
+        with pytest.raises(ValueError, match="first_frame holds 1 NaN"):
+            video_pipe([0], num_frames=2, first_frame=latents[0], num_inference_steps=1)
+        with pytest.raises(ValueError, match="timestamps holds 1 NaN"):
+            video_pipe([0], num_frames=2, timestamps=torch.tensor([0.0, bad]), num_inference_steps=1)
+        cameras = torch.zeros(2, 4)
+        cameras[1, 2] = bad
+        with pytest.raises(ValueError, match="cameras holds 1 NaN"):
+            fourd_pipe(batch_size=1, cameras=cameras, num_frames=2, num_inference_steps=1)
+
+
+def test_a_prompt_that_is_not_text_is_refused():
+    from convdiff.pipelines.text_encoders import tiny_text_encoder
+
+    tokenizer, text_encoder = tiny_text_encoder(hidden_size=16)
+    model = inflate(tiny_base(), to="video", max_frames=2, text_dim=16)
+    pipe = VideoPipeline(model, DDIMScheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    for prompt, name in ((5, "prompt"), ([], "prompt"), (["a", 3], "prompt")):
+        with pytest.raises(ValueError, match=rf"{name} must be a string or a non-empty list of strings, got "):
+            pipe(prompt=prompt, num_frames=2, num_inference_steps=1)
+    with pytest.raises(ValueError, match="negative_prompt must be a string"):
+        pipe(prompt="a", negative_prompt=7, num_frames=2, num_inference_steps=1)
+
+
+# ---- 5. one clear line for each weak case ------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting,message", [
+    ("hidden_size=abc", "hidden_size must be an integer >= 1, got 'abc' in the dic-tiny config"),
+    ("num_classes=-5", "num_classes must be an integer >= 0, got -5 in the dic-tiny config"),
+    ("depth=[2,0,2,2,2]", "depth must be an integer >= 1 (or a list of them), got [2, 0, 2, 2, 2]"),
+])
+def test_convert_set_names_the_key_and_the_value(tmp_path, capsys, setting, message):
+    from convdiff.cli import main
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": {}}, checkpoint)
+    assert main(["convert", "--checkpoint", str(checkpoint), "--model", "dic-tiny", "--output", str(tmp_path / "out"),
+                 "--set", setting]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "--set" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_model_overrides_sizes_are_named(tmp_path):
+    from convdiff.training.config import load_config
+
+    with pytest.raises(ValueError, match=r"hidden_size must be an integer >= 1, got -4 in model_overrides"):
+        load_config(None, ["model_overrides.hidden_size=-4", f"output_dir={tmp_path}"])
+
+
+def test_extract_latents_checks_data_first_and_never_looks_beyond_a_local_vae(tmp_path, monkeypatch, capsys):
+    from diffusers import AutoencoderKL
+
+    from convdiff.cli import main
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("VAE was loaded")))
+    argv = ["extract-latents", "--vae", "/nonexistent", "--output", str(tmp_path / "latents.npz")]
+    assert main([*argv, "--data", str(tmp_path / "no-images")]) == 2
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "images").mkdir()
+    assert main([*argv, "--data", str(tmp_path / "images")]) == 2
+    assert "No AutoencoderKL folder at /nonexistent" in capsys.readouterr().err
+    assert not (tmp_path / "latents.npz").exists()
+
+
+class ShapeExtractor:
+    protocol = "shape-extractor"
+
+    def __call__(self, batch):
+        return torch.stack([torch.tensor([float(np.asarray(im).mean()), float(np.asarray(im).std())])
+                            for im in batch])
+
+
+def test_fid_says_when_the_sides_differ_in_size_or_channels():
+    from convdiff.eval.fid import ImageShapeWarning, compute_fid
+
+    rng = np.random.default_rng(0)
+    colour, grey = rng.integers(0, 255, (6, 64, 64, 3), np.uint8), rng.integers(0, 255, (6, 28, 28, 1), np.uint8)
+    with pytest.warns(ImageShapeWarning, match=r"A's images are 64x64x3 \(HxWxC\), B's 28x28x1"):
+        result = compute_fid(colour, grey, extractor=ShapeExtractor(), progress=False, warn_rank_deficient=False)
+    assert "WARNING: the sides differ in size or channels" in str(result)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageShapeWarning)
+        same = compute_fid(colour, colour[::-1].copy(), extractor=ShapeExtractor(), progress=False,
+                           warn_rank_deficient=False)
+    assert "WARNING" not in str(same)

@@ -23,7 +23,7 @@ ELEMENTS_PER_TENSOR = 200_000
 MIN_TENSORS = 10_000
 
 # Config keys that count or size something, and the ones among them where 0 means "none".
-SIZE_KEY = re.compile(r"(size|channels|depth|heads|head_dim|_dim|layers|per_block|^num_|groups|stride|resolutions|"
+SIZE_KEY = re.compile(r"(^num_\w+|size|channels|depth|heads|head_dim|_dim|layers|per_block|groups|stride|resolutions|"
                       r"frames|views|tokens)$")
 ZERO_ALLOWED = {"num_classes", "num_class_embeds", "num_train_timesteps", "freq_shift"}
 

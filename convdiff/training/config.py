@@ -215,6 +215,7 @@ def _model_override_problems(config) -> list:
     """Keys of model_overrides that the model class does not take, with close matches."""
     if not config.model_overrides:
         return []
+    from ..models.config_bounds import size_problems
     from ..registry import model_spec
 
     cls, _ = model_spec(config.model)
@@ -228,7 +229,7 @@ def _model_override_problems(config) -> list:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f". Did you mean {', '.join(close)}?" if close else ""
             problems.append(f"model_overrides.{key} is not a setting of {cls.__name__} (model={config.model!r}){hint}")
-    return problems
+    return problems + size_problems(config.model_overrides, "model_overrides")
 
 
 def _official_sampling_problems(config) -> list:
