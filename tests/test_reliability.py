@@ -400,3 +400,32 @@ def test_fid_says_when_the_sides_differ_in_size_or_channels():
         same = compute_fid(colour, colour[::-1].copy(), extractor=ShapeExtractor(), progress=False,
                            warn_rank_deficient=False)
     assert "WARNING" not in str(same)
+
+
+def test_a_distill_teacher_folder_is_vetted_before_diffusers_loads_it(payload):
+    from convdiff.distill.task import make_distill_task
+    from convdiff.training.config import load_config
+
+    root, marker = payload
+    folder = root / "teacher"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                        "unet": ["payload_mod", "Evil"]}))
+    task = make_distill_task(load_config(None, ["task=distill", f"task_options.teacher={folder}"]))
+    with pytest.raises(ValueError, match=r"component 'unet'.*'payload_mod'"):
+        task.build_model(None)
+    assert not marker.exists()
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"teacher/model_index.json is not valid JSON"):
+        make_distill_task(load_config(None, ["task=distill", f"task_options.teacher={folder}"]))
+
+
+def test_a_converted_model_folder_is_bounded(tmp_path):
+    from convdiff.distill.io import load_converted
+
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "DiCModel", "hidden_size": -4, "convfusion": {}}))
+    with pytest.raises(ValueError, match=r"hidden_size must be an integer >= 1, got -4 in .*config.json"):
+        load_converted(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": 7, "convfusion": {}}))
+    with pytest.raises(ValueError, match="Unknown model class 7"):
+        load_converted(tmp_path)

@@ -59,13 +59,12 @@ def check_pipeline_folder(folder) -> None:
     """Vet a saved pipeline folder before diffusers loads it: every component model_index.json names must come
     from convdiff, diffusers or transformers (checked as strings, nothing imported first), and every model
     component's config.json must pass the size checks of config_bounds."""
-    import inspect
     from pathlib import Path
 
     from diffusers import ConfigMixin, ModelMixin
 
     from ..files import read_json
-    from .config_bounds import check_model_config
+    from .config_bounds import check_saved_config
 
     folder = Path(folder)
     index_path = folder / "model_index.json"
@@ -86,8 +85,4 @@ def check_pipeline_folder(folder) -> None:
         if not (issubclass(cls, ModelMixin) and issubclass(cls, ConfigMixin)):  # a scheduler, or a model that loads
             continue  # its parts from their own folders (MultiControlNet)
             continue
-        config = {k: v for k, v in read_json(config_path).items() if not k.startswith("_")}
-        parameters = inspect.signature(cls.__init__).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            config = {k: v for k, v in config.items() if k in parameters}
-        check_model_config(cls, config, str(config_path))
+        check_saved_config(cls, read_json(config_path), str(config_path))

@@ -11,6 +11,7 @@ that is more; the largest paper sizes hold under 1,000), since a very deep stack
 long before it is large.
 """
 
+import inspect
 import math
 import os
 import re
@@ -133,3 +134,12 @@ def check_model_config(cls, config: dict, source: str) -> None:
                             f"elements; if you mean it, raise the limit with {MAX_PARAMS_ENV}=<number> "
                             "(docs/security.md).")
     estimate_size(cls, config, source)
+
+
+def check_saved_config(cls, config: dict, source: str) -> None:
+    """`check_model_config` on a saved config.json: its private keys (`_class_name`, ...) and, as diffusers'
+    `from_config` does, keys the class does not take are left out."""
+    parameters = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kept = {k: v for k, v in config.items() if not k.startswith("_") and (takes_any or k in parameters)}
+    check_model_config(cls, kept, source)
