@@ -429,3 +429,17 @@ def test_a_converted_model_folder_is_bounded(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": 7, "convfusion": {}}))
     with pytest.raises(ValueError, match="Unknown model class 7"):
         load_converted(tmp_path)
+
+
+def test_diffusers_and_transformers_components_pass_the_folder_check(tmp_path):
+    from convdiff.models.class_paths import check_pipeline_folder
+
+    index = {"_class_name": "StableDiffusionPipeline", "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    check_pipeline_folder(tmp_path)
+    for library in ("os", "this", "stable_diffusion.evil", "diffusers/../x"):
+        (tmp_path / "model_index.json").write_text(json.dumps({**index, "unet": [library, "UNet"]}))
+        with pytest.raises(ValueError, match="component 'unet'"):
+            check_pipeline_folder(tmp_path)

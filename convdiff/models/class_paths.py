@@ -61,6 +61,7 @@ def check_pipeline_folder(folder) -> None:
     component's config.json must pass the size checks of config_bounds."""
     from pathlib import Path
 
+    import diffusers.pipelines
     from diffusers import ConfigMixin, ModelMixin
 
     from ..files import read_json
@@ -77,6 +78,8 @@ def check_pipeline_folder(folder) -> None:
         if len(entry) != 2 or not all(isinstance(part, str) for part in entry):
             raise ValueError(f"{index_path}: component {name!r} is {entry!r}, expected [\"library\", \"ClassName\"].")
         library, class_name = entry
+        if library.isidentifier() and hasattr(diffusers.pipelines, library):
+            continue  # a pipeline module of diffusers (["stable_diffusion", "StableDiffusionSafetyChecker"])
         check_module_name(library, f"component {name!r} of {index_path}", COMPONENT_PACKAGES)
         config_path = folder / name / "config.json"
         if library.split(".")[0] not in CLASS_PACKAGES or not config_path.is_file():
@@ -84,5 +87,4 @@ def check_pipeline_folder(folder) -> None:
         cls = import_class(f"{library}.{class_name}", f"component {name!r}")
         if not (issubclass(cls, ModelMixin) and issubclass(cls, ConfigMixin)):  # a scheduler, or a model that loads
             continue  # its parts from their own folders (MultiControlNet)
-            continue
         check_saved_config(cls, read_json(config_path), str(config_path))
