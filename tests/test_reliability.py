@@ -98,6 +98,16 @@ def test_a_pipeline_folder_whose_model_index_names_a_module_in_the_current_direc
     assert not marker.exists()
 
 
+def test_this_s_as_a_folder_base_class_runs_no_code(video_pipe, tmp_path, capsys):
+    folder = tmp_path / "video"
+    video_pipe.save_pretrained(folder)
+    edit_json(folder / "transformer" / "config.json", base_class="this.s")
+    sys.modules.pop("this", None)
+    with pytest.raises(ValueError, match=r"2D backbone class 'this.s'.*not inside convdiff or diffusers"):
+        VideoPipeline.from_pretrained(folder)
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+
+
 def test_an_installed_module_named_by_a_config_is_not_imported(capsys):
     sys.modules.pop("this", None)
     for path in ("this.s", "os.system", "torch.nn.Conv2d", "convdiff..models.X", "..dic.DiCModel", 5):

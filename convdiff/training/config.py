@@ -72,8 +72,9 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     # a fresh run into a folder that holds an earlier run: refused unless true, which clears that run first
     overwrite: bool = False
-    # on resume, settings that change what is trained (RECORDED_ON_RESUME) differ from the run's train_config.yaml:
-    # refused unless true, which applies them and appends them, with their step, to train_changes.yaml
+    # on resume, settings that change what is trained (every key but RUN_KEYS) differ from the run's
+    # train_config.yaml: refused unless true, which applies them and appends them, with their step, to
+    # train_changes.yaml (train_config.yaml keeps what the run began with)
     accept_changes: bool = False
 
     def __post_init__(self):
