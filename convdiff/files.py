@@ -63,6 +63,20 @@ def load_weights_only(path, map_location="cpu", safe_globals=(), mmap: bool = Fa
                          f"torch.save; {first_line(error)}).") from error
 
 
+def read_json(path, expected: str = "a JSON object", kind=dict):
+    """The JSON value in `path`; a ValueError naming the file when it is not valid JSON or not of `kind`."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({first_line(error)}): it is damaged, or was not written by "
+                         f"convdiff or diffusers; expected {expected}.") from error
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} holds {type(value).__name__} {str(value)[:60]!r}, expected {expected}.")
+    return value
+
+
 def fsync_tree(folder) -> None:
     """Flush every file under `folder`, then the folders themselves, to disk."""
     folder = Path(folder)

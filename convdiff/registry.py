@@ -8,6 +8,7 @@ import difflib
 
 from diffusers import DiTTransformer2DModel, UNet2DModel
 
+from .models.config_bounds import check_model_config
 from .models.dic import DiCModel
 from .models.dico import DiCoModel
 from .models.diffit import DiffiTModel
@@ -119,4 +120,5 @@ def create_model(name: str, **overrides):
     """Build a freshly initialised model from a registered name, with config overrides."""
     cls, config = model_spec(name)
     config.update(overrides)
+    check_model_config(cls, config, f"model {name!r} (model_overrides {overrides})" if overrides else f"model {name!r}")
     return cls(**config)

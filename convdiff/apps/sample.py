@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from ..files import replace_file
 from ..grids import balanced_labels, grid_labels, make_grid
 
 SCHEDULES = ("constant", "power-cosine")  # pipelines/guidance.py, named here so --help imports no diffusers
@@ -44,6 +46,33 @@ def guidance_channels(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a channel count (e.g. 3) or 'all', got {text!r}") from None
+
+
+def class_ids(text: str) -> list:
+    """--labels: comma-separated class ids."""
+    items = [item.strip() for item in text.split(",")]
+    bad = next((item for item in items if not item.lstrip("-").isdigit()), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids such as 0,3,7, got {text!r} "
+                                         f"({bad!r} is not an integer)")
+    return [int(item) for item in items]
+
+
+def check_output(output: Path, overwrite: bool, resume: bool) -> None:
+    """The output's kind and ownership, before a pipeline is loaded: a .npz or an image format PIL writes; an
+    existing image is replaced only with --overwrite (a .npz run's own checks live in sharded_sampling.py)."""
+    if output.is_dir():
+        raise IsADirectoryError(f"--output {str(output)!r} is a folder: give a file path (e.g. {output / 'grid.png'}).")
+    suffix = output.suffix.lower()
+    writable = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE}
+    if suffix != ".npz" and suffix not in writable:
+        raise ValueError(f"--output {str(output)!r} has the extension {suffix or '(none)'!r}: give a .npz for N samples "
+                         "or an image file for a grid (.png, .jpg, .webp, ...).")
+    if suffix != ".npz" and output.exists() and not overwrite:
+        raise FileExistsError(f"--output {str(output)!r} already exists: pass --overwrite to replace it, or choose "
+                              "another path.")
+    if suffix != ".npz" and resume:
+        raise ValueError("--resume continues a .npz run; a grid is sampled in one go (use --overwrite to replace it).")
 
 
 def check_decodable(pipeline) -> None:
@@ -112,7 +141,8 @@ def sample_main(argv=None):
     parser.add_argument("--model-overrides", default="{}", help='JSON config overrides for --model, e.g. {"in_channels": 1}')
     parser.add_argument("--output", required=True, help="a .png for a class grid, or a .npz for N samples (ADM format)")
     parser.add_argument("--num-samples", type=int, default=100, help="samples in the .npz (default: 100)")
-    parser.add_argument("--labels", help="comma-separated class ids for the grid (default: 10x10 class grid)")
+    parser.add_argument("--labels", type=class_ids,
+                        help="comma-separated class ids for the grid (default: 10x10 class grid)")
     parser.add_argument("--scheduler", default=None,
                         help="ddpm, ddim, dpm++, euler, euler-ancestral, heun, unipc (flow models: euler, heun); "
                              "default: the pipeline's own (a --model gets ADM's DDPM sampler)")
@@ -134,10 +164,13 @@ def sample_main(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help=".npz: continue the run that writes --output (after a kill), refused if its recorded "
                              "arguments differ; starts afresh when there is none")
-    parser.add_argument("--overwrite", action="store_true", help=".npz: replace an earlier run's --output and its batches")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output (an image, or an earlier .npz run's output and its batches)")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.batch_size < 1:
         parser.error(f"--num-samples and --batch-size must be >= 1, got {args.num_samples} and {args.batch_size}")
+    output = Path(args.output)
+    check_output(output, args.overwrite, args.resume)
 
     from accelerate import PartialState
 
@@ -163,7 +196,6 @@ def sample_main(argv=None):
     call = pipeline.sampling_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                        guidance_channels=channels, guidance_schedule=args.guidance_schedule)
     check_decodable(pipeline)
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npz":
         from .sharded_sampling import sample_to_npz
@@ -185,7 +217,7 @@ def sample_main(argv=None):
                   f"{describe(args.scheduler, call)})")
         return 0
     if args.labels:
-        labels = [int(v) for v in args.labels.split(",")]
+        labels = args.labels
         columns = min(len(labels), 10)
     elif num_classes:
         labels, columns = grid_labels(num_classes)
@@ -193,8 +225,11 @@ def sample_main(argv=None):
         labels, columns = None, 8
     if not state.is_main_process:  # a grid is one process's work: the others would sample it only to drop it
         return 0
+    check_call(pipeline, labels, call)
     n = len(labels) if labels is not None else 64
     images = generate(pipeline, n, args.seed, args.batch_size, labels, **call)
-    make_grid(images.astype(np.float32) / 255.0, columns).save(output)
+    grid = make_grid(images.astype(np.float32) / 255.0, columns)
+    image_format = Image.registered_extensions()[output.suffix.lower()]
+    replace_file(output, lambda partial: grid.save(partial, format=image_format))  # no half-written grid
     print(f"wrote a {n}-sample grid to {output}")
     return 0

@@ -85,8 +85,9 @@ CONTROLNET = ShippedFolder(
      "steps": "500 steps of 32 training digits with their Canny edge maps, lr 1e-3, 10% empty conditions, fp32",
      "wall time": "220 s on one thread of a 2-core machine running another job", "date": "2026-12-01",
      "base model": "pipelines/dic-mnist"},
-    ["- edge IoU of the samples' Canny edges vs the condition on 300 held-out digits (the default call of "
-     "ControlNetPipeline.from_base: the base's Euler 20 steps, guidance 2): see docs/controlnet.md",
+    ["- edge IoU of the samples' Canny edges vs the condition on 300 held-out digits, the default call of "
+     "ControlNetPipeline.from_base (the base's Euler 20 steps, guidance 2): 0.787 (0.992 with 1 px slack); "
+     "uncontrolled 0.188 (0.685)",
      "- command: convdiff controlnet-demo --controlnet pipelines/controlnet-dic-mnist --num-digits 300"])
 
 

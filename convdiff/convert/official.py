@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..files import UnsafePickleError, first_line, load_weights_only, replace_folder
+from ..models.config_bounds import check_model_config
 from ..models.dic import DiCModel
 from ..models.dico import DiCoModel
 from ..registry import MODELS, model_spec, normalize_name
@@ -320,6 +321,8 @@ def _resolve(model_name_or_config, overrides: Mapping):
     unknown = sorted(set(config) - accepted)
     if unknown:
         raise ValueError(f"{cls.__name__} has no config option(s) {unknown}; it takes {sorted(accepted)}.")
+    check_model_config(cls, config, f"the {name} config with overrides {dict(overrides)} (--set)" if overrides
+                       else f"the {name} config")
     return name, cls, config
 
 
@@ -507,7 +510,7 @@ def load_vae(vae):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"No AutoencoderKL folder at {vae} (expected config.json + weights, e.g. a local copy "
                                 "of stabilityai/sd-vae-ft-ema, the VAE the official samplers decode with).")
-    return AutoencoderKL.from_pretrained(folder)
+    return AutoencoderKL.from_pretrained(folder, local_files_only=True)
 
 
 def official_pipeline(model, vae=None):

@@ -27,13 +27,16 @@ def extract_main(argv=None):
                         help="torch device (default: this process's GPU under accelerate launch, else cuda or cpu)")
     args = parser.parse_args(argv)
     import logging
+    from pathlib import Path
 
+    if not Path(args.data).is_dir():  # before the VAE is read: a typo here should not wait for it
+        raise FileNotFoundError(f"--data {args.data}: no such folder; expected <root>/<class name>/<image files>.")
     import torch
-    from diffusers import AutoencoderKL
 
+    from ..convert.official import load_vae
     from .image_folder import ImageFolderDataset
 
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    vae = load_vae(args.vae).eval()  # a local folder only: nothing is fetched from the Hub
     flip = not args.no_flip
     if args.output.endswith(".npz"):
         from .latents import extract_latents

@@ -13,6 +13,8 @@ import diffusers
 from safetensors.torch import load_file, save_file
 
 from .. import models
+from ..files import read_json
+from ..models.config_bounds import check_saved_config
 from ..models.convfusion import conversion_of, convert_self_attention, student_modules, student_state_dict
 
 ADAPTER_NAME = "convfusion_adapter.safetensors"
@@ -65,7 +67,7 @@ def load_adapter(model, path):
 
 
 def _model_class(name: str):
-    for source in (diffusers, models):
+    for source in (diffusers, models) if isinstance(name, str) else ():
         if hasattr(source, name):
             return getattr(source, name)
     raise ValueError(f"Unknown model class {name!r} in the config: pass model_class= to load_converted.")
@@ -79,11 +81,12 @@ def load_converted(folder, model_class=None, torch_dtype=None):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: is it a save_pretrained folder of a converted model?")
-    config = json.loads(config_path.read_text())
-    model_class = model_class or _model_class(config["_class_name"])
+    config = read_json(config_path)
+    model_class = model_class or _model_class(config.get("_class_name"))
     spec = config.pop("convfusion", None)
     if spec is None:
         raise ValueError(f"{folder} holds an unconverted {config['_class_name']}: load it with from_pretrained.")
+    check_saved_config(model_class, config, str(config_path))
     model = model_class.from_config(config)
     convert_self_attention(model, **spec)
     weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(folder.glob("*.bin"))

@@ -28,14 +28,15 @@ SDXL teachers convert (convert_self_attention) but their two-encoder training pa
 """
 
 import copy
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..data.image_folder import CaptionedImageFolder
+from ..files import read_json
 from ..grids import make_grid
+from ..models.class_paths import check_pipeline_folder
 from ..models.convfusion import convert_self_attention
 from ..pipelines.saved_folder import pipeline_class_name
 from ..pipelines.text_encoders import encode_prompts
@@ -55,7 +56,7 @@ def teacher_class_name(folder) -> str:
     if not index.is_file():
         raise ValueError(f"task_options.teacher={str(folder)!r} is not a pipeline folder (no model_index.json): give "
                          "a saved pipeline, e.g. outputs/distill-teacher-mnist/pipeline or a Stable Diffusion folder.")
-    return pipeline_class_name(json.loads(index.read_text())["_class_name"])
+    return pipeline_class_name(read_json(index).get("_class_name"), index)
 
 
 def make_student(teacher, options: dict):
@@ -145,6 +146,7 @@ class TextToImageDistillTask(DistillTask):
         if self.teacher_class != "StableDiffusionPipeline":
             raise ValueError(f"Distilling a {self.teacher_class} needs its two text encoders and size conditioning, "
                              "which this task does not provide; convert it with convert_self_attention instead.")
+        check_pipeline_folder(self.teacher_path)  # diffusers' own class: the folder's components are checked here
         self.teacher_pipeline = StableDiffusionPipeline.from_pretrained(self.teacher_path, safety_checker=None,
                                                                         requires_safety_checker=False)
         pipe = self.teacher_pipeline

@@ -17,6 +17,7 @@ Score, precision and recall, as ADM's evaluator (Dhariwal & Nichol 2021, arXiv 2
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .fid import open_source
+from .fid import ImageShapeWarning, open_source, shape_mismatch
 from .frechet import Moments, RunningMoments, frechet_distance, warn_if_rank_deficient
 from .image_io import NpzImageSource, save_stats
 from .inception import InceptionFeatureExtractor
@@ -172,6 +173,9 @@ def evaluate(
     ref = read_reference_batch(reference)
     if want_pr and ref.images is None:
         raise ValueError(f"{ref.name}: precision / recall need reference images (arr_0), and it holds statistics only")
+    mismatch = shape_mismatch(sample_source, ref.images)
+    if mismatch:
+        warnings.warn(f"evaluator: {mismatch}.", ImageShapeWarning, stacklevel=2)
     ref_needs_images = want_pr or ref.pool is None or (want_sfid and ref.spatial is None)
     if ref_needs_images and ref.images is None:
         raise ValueError(f"{ref.name}: sFID needs mu_s / sigma_s or reference images (arr_0), and it has neither")

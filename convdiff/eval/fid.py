@@ -34,6 +34,7 @@ from .image_io import (
     NpzImageSource,
     is_stats_npz,
     load_stats,
+    read_image,
     save_stats,
 )
 from .inception import InceptionFeatureExtractor
@@ -113,6 +114,32 @@ def compute_moments(source, extractor, batch_size: int = 50, progress: bool = Tr
     return acc.moments()
 
 
+class ImageShapeWarning(UserWarning):
+    """The two sides of a FID hold images of different sizes or channel counts."""
+
+
+def image_shape(source) -> tuple | None:
+    """(H, W, C) of a source's images (its first image for a folder); None for statistics."""
+    if isinstance(source, NpzImageSource):
+        return (*source.shape[1:], 1)[:3]
+    if isinstance(source, ArrayImageSource):
+        return tuple(source.images.shape[1:])
+    if isinstance(source, ImageFolderSource) and source.files:
+        return read_image(source.files[0]).shape
+    return None
+
+
+def shape_mismatch(src_a, src_b) -> str | None:
+    """A line saying how the sides' images differ (both are resized to Inception's 299x299 RGB, so the FID
+    measures the resizing as much as the images), None when they agree or a side is statistics."""
+    shapes = image_shape(src_a), image_shape(src_b)
+    if None in shapes or shapes[0] == shapes[1]:
+        return None
+    a, b = ("x".join(map(str, s)) for s in shapes)
+    return (f"the sides differ in size or channels: A's images are {a} (HxWxC), B's {b}; compare samples with "
+            "references of the same resolution and channels")
+
+
 def _cache_key(extractor, source) -> str:
     return hashlib.sha256(f"{extractor.protocol}\n{source.fingerprint()}".encode()).hexdigest()
 
@@ -164,6 +191,9 @@ def compute_fid(
     (``RankDeficientWarning``) when a side has N <= 2048 images, and when a statistics file was computed with
     another or an unrecorded extractor (``warn_rank_deficient=False``: callers that say it in their protocol)."""
     src_a, src_b = open_source(source_a), open_source(source_b)
+    mismatch = shape_mismatch(src_a, src_b)
+    if mismatch:
+        warnings.warn(f"FID: {mismatch}.", ImageShapeWarning, stacklevel=2)
     needs_images = any(not isinstance(s, (Moments, _StatsSource)) for s in (src_a, src_b))
     if extractor is None and needs_images:
         extractor = InceptionFeatureExtractor(inception_weights, device=device or _default_device())
@@ -191,6 +221,8 @@ def compute_fid(
     fd = frechet_distance(mom_a.mu, mom_a.sigma, mom_b.mu, mom_b.sigma, method=method)
     n_desc = f"N_A={mom_a.n if mom_a.n is not None else '?'} N_B={mom_b.n if mom_b.n is not None else '?'}"
     parts = [extractor_desc, n_desc, f"{desc_a}, {desc_b}", f"frechet=float64 {method}"]
+    if mismatch:
+        parts.append(f"WARNING: {mismatch}")
     gen = {"sampler": sampler, "steps": steps, "guidance": guidance, **(protocol_extra or {})}
     gen = " ".join(f"{k}={v}" for k, v in gen.items() if v is not None)
     if gen:

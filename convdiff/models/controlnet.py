@@ -28,6 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .class_paths import class_path, import_class
+from .config_bounds import check_model_config
 from .memory_format import restore_layout
 from .video_control import condition_frames
 
@@ -94,7 +95,10 @@ def plain_config(config) -> dict:
 
 
 def import_backbone_class(path: str):
-    cls = import_class(path, "ControlNet's backbone")
+    return check_control_interface(import_class(path, "ControlNet's backbone"), path)
+
+
+def check_control_interface(cls: type, path: str) -> type:
     missing = [attr for attr in CONTROL_INTERFACE if not hasattr(cls, attr)]
     if missing:
         raise ValueError(f"{path} has no ControlNet interface (missing {', '.join(missing)}); controllable backbones "
@@ -130,6 +134,7 @@ class ControlNet(ModelMixin, ConfigMixin):
                  conditioning_embedding_channels: tuple = (16, 32), conditioning_downscale: int = 1):
         super().__init__()
         cls = import_backbone_class(backbone_class)
+        check_model_config(cls, backbone_config, f"this ControlNet's backbone_config ({backbone_class})")
         self.backbone = cls.from_config(backbone_config)
         points = self.backbone.control_points()
         if hasattr(self.backbone, "control_prune"):
@@ -162,7 +167,7 @@ class ControlNet(ModelMixin, ConfigMixin):
         conditioning_embedding_channels=None picks diffusers' widths (16, 32, 96, 256), as many as the
         downscaling from the conditioning image to the stem's grid needs (at least two)."""
         path = backbone_path(model)
-        import_backbone_class(path)  # clear error for a backbone without the interface
+        check_control_interface(type(model), path)  # clear error for a backbone without the interface
         if conditioning_embedding_channels is None:
             steps = (conditioning_downscale * model.control_points().stem_factor).bit_length() - 1
             conditioning_embedding_channels = ([16, 32, 96] + [256] * max(steps - 2, 1))[: max(steps + 1, 2)]

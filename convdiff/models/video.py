@@ -31,6 +31,7 @@ from ..nn.inputs import broadcast_timesteps
 from ..nn.layouts import Grid, frames_to_grid, grid_to_frames, grid_to_video, video_to_grid
 from ..nn.spatiotemporal import GridContext
 from .class_paths import class_path
+from .config_bounds import check_model_config
 # The surgery's names stay importable from here (convdiff.models.video.plan_inflation, ...).
 from .inflation import (  # noqa: F401
     DIFFUSERS_BLOCKS,
@@ -74,7 +75,9 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
                freeze_spatial: bool) -> None:
         """Build the 2D backbone from its class path and config, and inflate it after `plan` (found by a dry
         run and stored in the config when None) with the layers `options` describes."""
-        base = resolve_base_class(base_class).from_config(base_config or {})
+        cls = resolve_base_class(base_class)
+        check_model_config(cls, base_config or {}, f"this video model's base_config ({base_class})")
+        base = cls.from_config(base_config or {})
         if plan is None:
             plan = plan_inflation(base)
             self.register_to_config(plan=plan)

@@ -28,7 +28,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from .arguments import check_sampling_arguments
+from ..models.class_paths import check_pipeline_folder
+from .arguments import check_finite, check_sampling_arguments
 from .guidance import GuidanceSchedule, guidance_scale_at
 from .model_card import write_model_card
 from .saved_folder import pipeline_class_name, write_diffusers_entry
@@ -122,6 +123,13 @@ class DenoisingPipeline(DiffusionPipeline):
         return {name: given[name] if given.get(name) is not None else saved.get(name, builtin)
                 for name, builtin in self.builtin_sampling.items()}
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' loader, after the folder's component classes and model sizes pass `check_pipeline_folder`
+        (docs/security.md): a folder from someone else imports nothing outside convdiff, diffusers, transformers."""
+        check_pipeline_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # ---- properties in the style of diffusers pipelines (a callback may change _guidance_scale) -------
     @property
     def guidance_scale(self) -> float:
@@ -156,6 +164,7 @@ class DenoisingPipeline(DiffusionPipeline):
         if latents is None:
             latents = self.initial_noise(state)
         else:
+            check_finite("latents", latents)
             latents = latents.to(device=state.device, dtype=state.dtype)
         # DiTPipeline forgets this; Euler-type samplers start at sigma_max (~157 for the linear schedule).
         init_sigma = getattr(self.scheduler, "init_noise_sigma", None)

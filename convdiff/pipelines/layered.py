@@ -21,7 +21,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..diffusion.multiscale import consistent_noise
 from ..nn.inputs import class_info, label_ids
-from .arguments import check_sampling_arguments
+from .arguments import check_sampling_arguments, prompt_list
 from .denoising import DenoisingPipeline, SamplingState
 from .guidance import apply_guidance
 from .layered_scheduler import LayeredScheduler
@@ -91,12 +91,10 @@ class LayeredTextToImagePipeline(DenoisingPipeline):
             if self.text_encoder is None or self.tokenizer is None:
                 raise ValueError("this pipeline has no text_encoder/tokenizer to encode the prompt; build it with "
                                  "text_encoder=CLIPTextModel and tokenizer=CLIPTokenizer.")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+            prompts = prompt_list(prompt)
             sizes.append(("prompt", len(prompts)))
             if negative_prompt is not None:
-                negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+                negatives = prompt_list(negative_prompt, "negative_prompt")
                 sizes.append(("negative_prompt", len(negatives)))
         if config.num_classes:
             if class_labels is None:

@@ -38,10 +38,11 @@ def write_diffusers_entry(folder, pipeline_class: type) -> None:
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def pipeline_class_name(class_name) -> str:
+def pipeline_class_name(class_name, source="model_index.json") -> str:
     """The class name of a model_index.json `_class_name`: diffusers' plain string or convdiff's `[file, class]`."""
-    if isinstance(class_name, (list, tuple)):
-        if len(class_name) != 2 or not all(isinstance(part, str) for part in class_name):
-            raise ValueError(f"model_index.json's _class_name must be a class name or [file, class], got {class_name!r}.")
+    if isinstance(class_name, (list, tuple)) and len(class_name) == 2 and all(isinstance(p, str) for p in class_name):
         return class_name[1]
+    if not isinstance(class_name, str):
+        raise ValueError(f"{source} records _class_name={class_name!r}, expected the pipeline class name as a string "
+                         f"or [{CODE_FILE!r}, class name] as convdiff writes it.")
     return class_name

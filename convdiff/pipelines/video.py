@@ -35,7 +35,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..nn.inputs import class_info
-from .arguments import check_sampling_arguments
+from .arguments import check_count, check_finite, check_sampling_arguments, prompt_list
 from .class_conditional import ClassConditionalPipeline
 from .denoising import SamplingState
 from .guidance import GuidanceSchedule, check_schedule
@@ -135,13 +135,8 @@ class _FramesPipeline(ClassConditionalPipeline):
             raise ValueError("this pipeline has no text_encoder / tokenizer to encode the prompt; build it with "
                              "text_encoder=CLIPTextModel and tokenizer=CLIPTokenizer (a local folder: "
                              "convdiff.pipelines.text_encoders.load_text_encoder).")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if negative_prompt is None:
-            negative_prompt = ""
-        negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts + negatives):
-            raise ValueError(f"prompt and negative_prompt must be strings or lists of strings, got {prompt!r}, "
-                             f"{negative_prompt!r}.")
+        prompts = prompt_list(prompt)
+        negatives = prompt_list("" if negative_prompt is None else negative_prompt, "negative_prompt")
         batch = int(batch_size) if batch_size is not None else len(prompts)
         for name, items in (("prompt", prompts), ("negative_prompt", negatives)):
             if len(items) not in (1, batch):
@@ -171,8 +166,9 @@ class _FramesPipeline(ClassConditionalPipeline):
 
     def check_frames(self, num_frames: int, window_frames: int | None, window_overlap: int):
         """Return the window length (None: one pass over all frames), with clear errors for impossible sizes."""
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be positive, got {num_frames}.")
+        check_count("num_frames", num_frames)
+        if window_frames is not None:
+            check_count("window_frames", window_frames)
         limit = self.max_frames()
         if window_frames is None and limit is not None and num_frames > limit:
             window_frames = limit
@@ -290,6 +286,7 @@ class _FramesPipeline(ClassConditionalPipeline):
         if timestamps is None:
             return None
         timestamps = torch.as_tensor(timestamps, dtype=torch.float32)
+        check_finite("timestamps", timestamps)
         if timestamps.shape == (num_frames,):
             timestamps = timestamps.expand(batch, num_frames)
         if tuple(timestamps.shape) != (batch, num_frames):
@@ -329,6 +326,7 @@ class _FramesPipeline(ClassConditionalPipeline):
         """Conditioning frames in [-1, 1] -> latents (VAE-encoded when the pipeline has a VAE)."""
         if not torch.is_tensor(frames):
             raise ValueError(f"{name} must be a tensor in [-1, 1] of shape {expected}.")
+        check_finite(name, frames)
         if frames.ndim == len(expected) - 1:
             frames = frames.unsqueeze(0).expand(expected[0], *frames.shape)
         if self.vae is not None:
@@ -403,7 +401,7 @@ class VideoPipeline(_FramesPipeline):
         text, unconditional_text = self.text_kwargs(prompts, negatives, guidance_scale)
         if num_frames is None and torch.is_tensor(latents) and latents.ndim == 5:
             num_frames = latents.shape[2]
-        num_frames = int(num_frames or self.max_frames() or 16)
+        num_frames = self.max_frames() or 16 if num_frames is None else num_frames
         window = self.check_frames(num_frames, window_frames, window_overlap)
         height, width = self.image_size(height, width)
         channels = self.transformer.config.in_channels
@@ -505,15 +503,18 @@ class FourDPipeline(_FramesPipeline):
         camera_dim = self.transformer.config.get("camera_dim")
         if cameras is not None:
             cameras = torch.as_tensor(cameras, dtype=torch.float32)
+            check_finite("cameras", cameras)
             if cameras.ndim == 2:
                 cameras = cameras.expand(batch, *cameras.shape)
         if torch.is_tensor(latents) and latents.ndim == 6:
-            num_views, num_frames = num_views or latents.shape[2], num_frames or latents.shape[3]
-        num_views = int(num_views or (cameras.shape[1] if cameras is not None else 4))
-        num_frames = int(num_frames or self.max_frames() or 8)
+            num_views = latents.shape[2] if num_views is None else num_views
+            num_frames = latents.shape[3] if num_frames is None else num_frames
+        num_views = (cameras.shape[1] if cameras is not None else 4) if num_views is None else num_views
+        num_frames = self.max_frames() or 8 if num_frames is None else num_frames
         if camera_dim and cameras is None:
             raise ValueError(f"This model is camera-conditioned (camera_dim={camera_dim}): pass cameras of shape "
                              f"({batch}, {num_views}, {camera_dim}) or ({num_views}, {camera_dim}).")
+        check_count("num_views", num_views, self.transformer.config.get("max_views"), "the model's max_views")
         if cameras is not None:
             expected = (batch, num_views, camera_dim or cameras.shape[-1])
             if tuple(cameras.shape) != expected:

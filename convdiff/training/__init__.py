@@ -15,6 +15,10 @@ def train_main(argv=None):
                         help="continue the run in output_dir: 'latest' or a checkpoint-<step> folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an output_dir that holds an earlier run, removing that run first")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="with --resume: apply settings that change what is trained (learning rate, batch, model, "
+                             "data, seed, ...) although they differ from the run's train_config.yaml, appending them "
+                             "with the resumed step to train_changes.yaml (refused without this flag)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, anywhere after the command, e.g. max_train_steps=200 "
                              "model_overrides.hidden_size=64")
@@ -24,6 +28,8 @@ def train_main(argv=None):
         overrides.append(f"resume_from_checkpoint={args.resume}")
     if args.overwrite:
         overrides.append("overwrite=true")
+    if args.accept_changes:
+        overrides.append("accept_changes=true")
     config = load_config(args.config, overrides)
     from .loop import train
 

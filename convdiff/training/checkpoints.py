@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..files import first_line, fsync_dir, fsync_tree, is_write_failure, load_weights_only, swap_into_place, write_failure
+from ..files import (first_line, fsync_dir, fsync_tree, is_write_failure, load_weights_only, read_json, swap_into_place,
+                     write_failure)
 from .engines import full_tensor, shard_like
 
 EMA_FILE = "ema_state.pt"
@@ -52,7 +53,7 @@ def resolve_resume(output_dir, resume):
 
 
 # What a run writes into its output folder (besides checkpoint-<step> folders and their hidden partials).
-RUN_FILES = ("train_config.yaml", "pipeline", ".pipeline.partial", ".pipeline.old", "samples", "logs")
+RUN_FILES = ("train_config.yaml", "train_changes.yaml", "pipeline", ".pipeline.partial", ".pipeline.old", "samples", "logs")
 
 
 def earlier_run(output_dir) -> list:
@@ -93,7 +94,12 @@ def clear_run_folder(output_dir) -> None:
 
 
 def read_step(checkpoint) -> int:
-    return json.loads((Path(checkpoint) / "training_state.json").read_text())["global_step"]
+    path = Path(checkpoint) / "training_state.json"
+    step = read_json(path, 'an object like {"global_step": 2} written by convdiff train').get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path} records global_step={step!r}, expected an integer >= 0; resume from another "
+                         "checkpoint (--resume <checkpoint folder>).")
+    return step
 
 
 def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None):
@@ -180,9 +186,13 @@ def register_ema(accelerator, ema) -> None:
 
 
 def check_checkpoint(checkpoint) -> None:
-    """Fail with the file's name when a checkpoint's safetensors files are truncated or damaged, before loading."""
+    """Fail with the file's name when a checkpoint's files are truncated, damaged or hold Python objects, before
+    loading: its step record, its safetensors and the pickled states accelerate reads back (optimizer, scheduler,
+    random states), the latter weights-only with accelerate's own allow-list."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
     from safetensors import safe_open
 
+    read_step(checkpoint)
     for path in sorted(Path(checkpoint).glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -190,4 +200,8 @@ def check_checkpoint(checkpoint) -> None:
         except Exception as error:  # noqa: BLE001  (safetensors raises its own error type for every defect)
             raise ValueError(f"{path} is damaged or truncated ({first_line(error)}); resume from another "
                              f"checkpoint (resume_from_checkpoint=<folder>).") from error
-
+    for path in sorted([*Path(checkpoint).glob("*.bin"), *Path(checkpoint).glob("random_states_*.pkl")]):
+        try:
+            load_weights_only(path, safe_globals=TORCH_SAFE_GLOBALS)
+        except ValueError as error:
+            raise type(error)(f"{error} Resume from another checkpoint (resume_from_checkpoint=<folder>).") from error

@@ -72,6 +72,10 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     # a fresh run into a folder that holds an earlier run: refused unless true, which clears that run first
     overwrite: bool = False
+    # on resume, settings that change what is trained (every key but RUN_KEYS) differ from the run's
+    # train_config.yaml: refused unless true, which applies them and appends them, with their step, to
+    # train_changes.yaml (train_config.yaml keeps what the run began with)
+    accept_changes: bool = False
 
     def __post_init__(self):
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
@@ -212,6 +216,7 @@ def _model_override_problems(config) -> list:
     """Keys of model_overrides that the model class does not take, with close matches."""
     if not config.model_overrides:
         return []
+    from ..models.config_bounds import size_problems
     from ..registry import model_spec
 
     cls, _ = model_spec(config.model)
@@ -225,7 +230,7 @@ def _model_override_problems(config) -> list:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f". Did you mean {', '.join(close)}?" if close else ""
             problems.append(f"model_overrides.{key} is not a setting of {cls.__name__} (model={config.model!r}){hint}")
-    return problems
+    return problems + size_problems(config.model_overrides, "model_overrides")
 
 
 def _official_sampling_problems(config) -> list:
@@ -287,3 +292,50 @@ def load_config(path=None, overrides=()) -> TrainConfig:
 
 def save_config(config: TrainConfig, path) -> None:
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+# Keys that say how a run is carried out, not what it trains: a resume may change them freely (extending
+# max_train_steps included). Every other key changes the weights a run makes.
+RUN_KEYS = {"max_train_steps", "max_train_seconds", "output_dir", "checkpointing_steps", "checkpoints_total_limit",
+            "resume_from_checkpoint", "logging_steps", "report_to", "sample_steps", "sample_num_inference_steps",
+            "sample_scheduler", "sample_guidance_scale", "sample_final_grid", "official_sampling",
+            "dataloader_num_workers", "overwrite", "accept_changes", "compile", "gradient_checkpointing"}
+CHANGES_FILE = "train_changes.yaml"
+
+
+def resume_changes(config: TrainConfig, output_dir) -> dict:
+    """On a resume, the keys whose values differ from the run's train_config.yaml: {key: (recorded, now)}.
+
+    Refused (a ValueError naming them) when one changes what is trained, unless accept_changes is set; the
+    run's record is then train_config.yaml plus the changes appended to train_changes.yaml (`record_changes`).
+    """
+    path = Path(output_dir) / "train_config.yaml"
+    if config.resume_from_checkpoint is None or not path.is_file():
+        return {}
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): the run's record is damaged; "
+                         "restore it before resuming.") from error
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} must hold the run's config as a mapping, got {recorded!r}.")
+    now = dataclasses.asdict(config)
+    changes = {key: (recorded.get(key), value) for key, value in now.items()
+               if key not in ("output_dir", "resume_from_checkpoint", "overwrite", "accept_changes")
+               and recorded.get(key, value) != value}
+    refused = {key: change for key, change in changes.items() if key not in RUN_KEYS}
+    if refused and not config.accept_changes:
+        shown = "; ".join(f"{key}: {was!r} in the record, {new!r} now" for key, (was, new) in refused.items())
+        raise ValueError(f"--resume would change what this run trains ({shown}), so {path} would no longer say how "
+                         f"its weights were made. Resume with the recorded values (the same --config and overrides), "
+                         f"start a new run in another output_dir, or pass --accept-changes to apply them from the "
+                         f"resumed step and append them to {CHANGES_FILE}.")
+    return changes
+
+
+def record_changes(changes: dict, step: int, output_dir) -> None:
+    """Append `changes` ({key: (was, now)}) with the step they take effect at to the run's train_changes.yaml."""
+    path = Path(output_dir) / CHANGES_FILE
+    entry = {"step": step, "changes": {key: {"was": was, "now": new} for key, (was, new) in changes.items()}}
+    with open(path, "a") as handle:
+        handle.write(yaml.safe_dump([entry], sort_keys=False))

@@ -25,7 +25,7 @@ from ..pipelines.model_card import machine
 from .batches import StreamBatchSampler, step_generator
 from .checkpoints import (check_checkpoint, claim_run_folder, clear_run_folder, read_step, register_ema, resolve_resume,
                           save_checkpoint)
-from .config import TrainConfig, check_config, save_config
+from .config import TrainConfig, check_config, record_changes, resume_changes, save_config
 from .engines import check_engine, fit_model, on_full_model, start_engine
 from .task import Draws
 from .tasks import make_task
@@ -54,6 +54,8 @@ def train(config: TrainConfig):
     check_config(config)  # again: the config may have been changed since it was built
     output_dir = Path(config.output_dir)
     earlier = claim_run_folder(output_dir, config.resume_from_checkpoint, config.overwrite)
+    resume_path = resolve_resume(output_dir, config.resume_from_checkpoint)
+    changes = resume_changes(config, output_dir) if resume_path is not None else {}  # before any work
     task = make_task(config)
     gpu = has_accelerator()
     engine = check_engine(config, gpu=gpu)  # FSDP / DeepSpeed as launched, or a clear refusal
@@ -101,11 +103,12 @@ def train(config: TrainConfig):
         register_ema(accelerator, ema)  # weights-only on resume, unlike accelerate's custom objects
 
     global_step = 0
-    resume_path = resolve_resume(output_dir, config.resume_from_checkpoint)
     if resume_path is not None:
         check_checkpoint(resume_path)
         accelerator.load_state(str(resume_path))
         global_step = read_step(resume_path)
+        if changes:  # accepted: the checkpoint's optimizer state carries the recorded settings
+            _apply_optimizer_settings(optimizer, lr_scheduler, config)
         logger.info("resumed from %s at step %d", resume_path, global_step)
     elif config.resume_from_checkpoint == "latest":
         logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
@@ -116,7 +119,10 @@ def train(config: TrainConfig):
             logger.info("overwrite=true: removing the earlier run in %s", output_dir)
             clear_run_folder(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "train_config.yaml")
+        if resume_path is None or not (output_dir / "train_config.yaml").is_file():
+            save_config(config, output_dir / "train_config.yaml")
+        elif changes:  # the record stays as it was, with the changes and their step after it
+            record_changes(changes, global_step, output_dir)
         tracker_config = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("convdiff", config=tracker_config)
 
@@ -193,6 +199,19 @@ def train(config: TrainConfig):
     return pipeline_dir
 
 
+def _apply_optimizer_settings(optimizer, lr_scheduler, config) -> None:
+    """The config's AdamW settings and learning rate over the ones a checkpoint's optimizer state brought back;
+    the schedule's multiplier at the resumed step applies to the new base rate."""
+    inner = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    inner.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
+    factors = getattr(inner, "lr_lambdas", None) or [lambda _: 1.0] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, factors):
+        group.update(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
+                     eps=config.adam_epsilon, initial_lr=config.learning_rate,
+                     lr=config.learning_rate * factor(inner.last_epoch))
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def _budget_spent(accelerator, started: float, budget: float) -> bool:
     """Rank 0's clock decides for everyone, so all processes stop at the same step."""
     spent = torch.tensor([float(time.perf_counter() - started >= budget)], device=accelerator.device)
@@ -237,14 +256,15 @@ def training_record(config, steps: int, seconds: float, resumed_from) -> dict:
     return record
 
 
-def _save_atomically(pipeline, target: Path, config, record: dict):
-    """The pipeline, its recipe and a model card with the run's record into a hidden partial folder, fsynced, then
-    renamed over `target` (see convdiff/files.py)."""
+def _save_atomically(pipeline, target: Path, config=None, record: dict | None = None):
+    """The pipeline (with its recipe and a model card holding the run's `record`, when given) into a hidden partial
+    folder, fsynced, then renamed over `target` (see convdiff/files.py)."""
     def write(folder):
         if isinstance(pipeline, DenoisingPipeline):  # convdiff's pipelines write the card with the record
             pipeline.save_pretrained(folder, training=record)
         else:
             pipeline.save_pretrained(folder)
-        save_config(config, Path(folder) / "train_config.yaml")
+        if config is not None:
+            save_config(config, Path(folder) / "train_config.yaml")
 
     replace_folder(target, write)

@@ -12,15 +12,12 @@ from ..pipelines.schedulers import make_scheduler
 def build_pipeline(model, objective, config):
     """A ClassConditionalPipeline around `model` with the objective's training scheduler (saved with it), or with
     `official_sampling`, the official sample script's sampler and guidance defaults, as a converted checkpoint."""
-    from diffusers import AutoencoderKL
-
+    from ..convert.official import load_vae, official_pipeline
     from ..pipelines import ClassConditionalPipeline
 
     if config.official_sampling:
-        from ..convert.official import official_pipeline
-
         return official_pipeline(model, vae=config.vae)
-    vae = AutoencoderKL.from_pretrained(config.vae) if config.vae else None
+    vae = load_vae(config.vae)  # a local folder only
     return ClassConditionalPipeline(transformer=model, scheduler=objective.make_scheduler(), vae=vae)
 
 
