@@ -11,8 +11,6 @@ N is the batch or 1 (one for all samples). With overlapping windows (`window_fra
 model's `max_frames`) the ControlNet runs on each window with its part of the per-frame conditions.
 """
 
-import inspect
-
 import torch
 # Bound here so model_index.json entries pointing at this module resolve their loading methods.
 from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
@@ -28,30 +26,15 @@ class FramesControlMixin(ControlMixin):
     guess-mode padding per stream, per-frame conditions cut to each window."""
 
     grid_arguments = ("num_frames",)  # the call's arguments that size the grid axes of a per-frame condition
+    options = ("id2label", "sampling_defaults")  # the base pipeline's saved options that from_base carries over
     model_cpu_offload_seq = "text_encoder->controlnet->transformer->vae"
-
-    def __init_subclass__(cls, **kwargs):
-        """diffusers reads a pipeline's components and options from its __init__ signature: each subclass gets
-        its base pipeline's signature plus `controlnet`, so whatever the base takes (vae, labels, ...) carries over."""
-        super().__init_subclass__(**kwargs)
-        base = next(c for c in cls.__mro__[1:] if not issubclass(c, ControlMixin))
-        self_, transformer, *rest = inspect.signature(base.__init__).parameters.values()
-        controlnet = inspect.Parameter("controlnet", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-        def __init__(self, transformer, controlnet, scheduler, **components):
-            controlnet = self.as_controlnet(controlnet, transformer)
-            base.__init__(self, transformer=transformer, scheduler=scheduler, **components)
-            self.register_modules(controlnet=controlnet)
-
-        __init__.__signature__ = inspect.Signature([self_, transformer, controlnet, *rest])
-        cls.__init__ = __init__
 
     @classmethod
     def from_base(cls, base, controlnet):
-        """Put ControlNet(s) on a loaded video / 4D pipeline: its components and options, plus the ControlNet(s)."""
-        names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "controlnet")]
-        values = {**dict(base.config), **base.components}
-        return cls(controlnet=controlnet, **{n: values[n] for n in names if n in values})
+        """Put ControlNet(s) on a loaded video / 4D pipeline: its components and saved options, plus the ControlNet(s)."""
+        options = {k: base.config[k] for k in cls.options if base.config.get(k) is not None}
+        components = {k: v for k, v in base.components.items() if k != "controlnet"}
+        return cls(controlnet=controlnet, **components, **options)
 
     @torch.no_grad()
     def __call__(self, image=None, class_labels=None, controlnet_conditioning_scale: float | list = 1.0,
@@ -126,9 +109,26 @@ class VideoControlNetPipeline(FramesControlMixin, VideoPipeline):
     and `ControlNetPipeline.__call__`'s control arguments.
     """
 
+    def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
+                 vae: ModelMixin | None = None, id2label: dict | None = None, text_encoder=None, tokenizer=None,
+                 sampling_defaults: dict | None = None):
+        controlnet = self.as_controlnet(controlnet, transformer)
+        super().__init__(transformer, scheduler, vae=vae, id2label=id2label, text_encoder=text_encoder,
+                         tokenizer=tokenizer, sampling_defaults=sampling_defaults)
+        self.register_modules(controlnet=controlnet)
+
 
 class FourDControlNetPipeline(FramesControlMixin, FourDPipeline):
     r"""4D sampling (`FourDPipeline`) with ControlNet control; `image` is shared by every view-time cell or one per
     cell, (N, C, V, T, H, W). Arguments as in `VideoControlNetPipeline`."""
 
     grid_arguments = ("num_views", "num_frames")
+    options = (*FramesControlMixin.options, "first_view_mode")
+
+    def __init__(self, transformer: ModelMixin, controlnet: ModelMixin, scheduler: SchedulerMixin,
+                 vae: ModelMixin | None = None, id2label: dict | None = None, text_encoder=None, tokenizer=None,
+                 first_view_mode: str = "replace", sampling_defaults: dict | None = None):
+        controlnet = self.as_controlnet(controlnet, transformer)
+        super().__init__(transformer, scheduler, vae=vae, id2label=id2label, text_encoder=text_encoder,
+                         tokenizer=tokenizer, first_view_mode=first_view_mode, sampling_defaults=sampling_defaults)
+        self.register_modules(controlnet=controlnet)
