@@ -219,7 +219,8 @@ class ControlNet(ModelMixin, ConfigMixin):
         """
         self.check_condition(sample, controlnet_cond)
         condition = condition_frames(top_scale(sample), controlnet_cond)  # one row per frame of a video sample
-        stem_residual = self.controlnet_cond_embedding(condition.to(self.dtype)).to(top_scale(sample).dtype)
+        # the sample's dtype, not the weights' (stored in a low precision under layerwise casting)
+        stem_residual = self.controlnet_cond_embedding(condition.to(top_scale(sample).dtype))
         skips, middle = self.backbone.control_encode(sample, timestep, class_labels=class_labels,
                                                      force_drop_ids=force_drop_ids, stem_residual=stem_residual,
                                                      **conditioning)

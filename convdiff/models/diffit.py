@@ -86,7 +86,7 @@ def time_token(model, hidden_states, timestep, class_labels, force_drop_ids, str
     timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
     labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0,
                                 hidden_states.device, name)
-    temb = model.t_embedder(timesteps)
+    temb = model.t_embedder(timesteps, hidden_states.dtype)
     if labels is not None:
         if (model.training and config.class_dropout_prob > 0) or force_drop_ids is not None:
             labels = drop_labels(labels, config.num_classes, config.class_dropout_prob, force_drop_ids)

@@ -162,7 +162,8 @@ class FrameConditionedTimestepEmbedding(nn.Module):
         out = self.embedder(*args, **kwargs)
         if self.context.grid is None:  # the backbone run on its own, on images
             return out
-        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps, self.context.frame_text)
+        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps, self.context.frame_text,
+                                     out.dtype)
         if extra.shape[0] != out.shape[0]:
             raise ValueError(f"the timestep embedder produced {out.shape[0]} rows for {extra.shape[0]} frames; "
                              f"call the inflated model, not its 2D backbone, on video input.")

@@ -113,4 +113,4 @@ def stage_conditions(model, hidden_states, timestep, class_labels, force_drop_id
     timesteps = broadcast_timesteps(timestep, batch, hidden_states.device)
     labels = check_class_labels(class_labels, batch, model.config.num_classes, model.config.class_dropout_prob > 0,
                                 hidden_states.device, name)
-    return [c.to(hidden_states.dtype) for c in model.conditioning(timesteps, labels, force_drop_ids)]
+    return [c.to(hidden_states.dtype) for c in model.conditioning(timesteps, labels, force_drop_ids, hidden_states.dtype)]

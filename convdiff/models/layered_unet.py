@@ -193,7 +193,7 @@ class LayeredUNetModel(ModelMixin, ConfigMixin):
             timesteps = [broadcast_timesteps(t, batch, device) for t in timestep]
         else:
             timesteps = [broadcast_timesteps(timestep, batch, device)] * len(self.scale_sizes)
-        emb = sum(embedder(t) for embedder, t in zip(self.time_embedders, timesteps))
+        emb = sum(embedder(t, dtype) for embedder, t in zip(self.time_embedders, timesteps))
         config = self.config
         labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0, device,
                                     type(self).__name__)

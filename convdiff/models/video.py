@@ -267,7 +267,8 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
         frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
         with self.context.scope(
                 grid, self.two_stream,
-                sync_condition=self.sync_embedding(frame_timesteps) if self.two_stream else None,
+                sync_condition=(self.sync_embedding(frame_timesteps, grid_inputs[0].dtype) if self.two_stream
+                                else None),
                 frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
                 frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams),
                 frame_text=None if frame_text is None else frame_text.repeat(streams, 1)):
