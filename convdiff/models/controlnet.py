@@ -29,6 +29,7 @@ from torch import nn
 
 from .class_paths import class_path, import_class
 from .memory_format import restore_channels_last
+from .regional_compile import RegionalCompileMixin
 from .video_control import condition_frames
 
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
@@ -107,7 +108,7 @@ def top_scale(sample):
     return sample[0] if isinstance(sample, (list, tuple)) else sample
 
 
-class ControlNet(ModelMixin, ConfigMixin):
+class ControlNet(RegionalCompileMixin, ModelMixin, ConfigMixin):
     r"""A trainable copy of a convdiff backbone's encoder half, returning residuals for the frozen backbone.
 
     Build it with `ControlNet.from_backbone(model)`; call it as
@@ -131,6 +132,8 @@ class ControlNet(ModelMixin, ConfigMixin):
         super().__init__()
         cls = import_backbone_class(backbone_class)
         self.backbone = cls(**backbone_config)
+        # the copy's blocks are the units that repeat (regional compilation, regional_compile.py)
+        self._repeated_blocks = list(getattr(self.backbone, "_repeated_blocks", None) or ())
         points = self.backbone.control_points()
         if hasattr(self.backbone, "control_prune"):
             self.backbone.control_prune()

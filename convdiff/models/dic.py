@@ -25,6 +25,7 @@ from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnsh
 from .checkpointing import run_block
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
 from .memory_format import ChannelsLastMixin
+from .regional_compile import RegionalCompileMixin
 from .inputs import resolve_out_channels
 
 
@@ -59,7 +60,7 @@ def skip_targets(depth: int, skip_stride: int):
 
 
 # Same-shaped as DiCoModel's header: register_to_config records each model's own keyword arguments.
-class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
+class DiCModel(ChannelsLastMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCBlock"]
     _repeated_blocks = ["DiCBlock"]

@@ -21,6 +21,7 @@ from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnsh
 from .checkpointing import run_block
 from .control_points import ControlPoints, controlled_forward, stage_control_encode
 from .memory_format import ChannelsLastMixin
+from .regional_compile import RegionalCompileMixin
 from .inputs import resolve_out_channels
 
 
@@ -49,7 +50,7 @@ class DiCoBlock(nn.Module):
         return add_gated(x, gate2, run_conv(self.ffn_out, h))
 
 
-class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
+class DiCoModel(ChannelsLastMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCoBlock"]
     _repeated_blocks = ["DiCoBlock"]

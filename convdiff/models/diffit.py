@@ -33,6 +33,7 @@ from .control_points import ControlPoints, check_in_flight_residuals
 from .convfusion import convert_as_configured
 from .inputs import (broadcast_timesteps, check_class_labels, check_sample,
                      resolve_out_channels)
+from .regional_compile import RegionalCompileMixin
 
 
 class Mlp(nn.Module):
@@ -124,7 +125,7 @@ class FinalLayer(nn.Module):
         return self.linear(F.silu(self.norm_final(x)))
 
 
-class DiffiTModel(ModelMixin, ConfigMixin):
+class DiffiTModel(RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTBlock"]
     _repeated_blocks = ["DiffiTBlock"]

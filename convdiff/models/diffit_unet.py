@@ -27,6 +27,7 @@ from .control_points import ControlPoints, add_control_residuals
 from .convfusion import convert_as_configured
 from .diffit import DiffiTBlock, run_in_windows, time_token
 from .inputs import resolve_out_channels
+from .regional_compile import RegionalCompileMixin
 
 
 class DiffiTResBlock(nn.Module):
@@ -67,7 +68,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class DiffiTUNetModel(ModelMixin, ConfigMixin):
+class DiffiTUNetModel(RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTResBlock"]
     _repeated_blocks = ["DiffiTResBlock"]

@@ -127,6 +127,10 @@ class SpatioTemporalBlock(nn.Module):
             return (self.mix(out[0]),) + out[1:]
         return self.mix(out)
 
+    def compile_key(self) -> tuple:
+        """The grid this block mixes over (regional_compile.py): it is read from the context, not an input."""
+        return self.context.compile_key()
+
     def mix(self, hidden: torch.Tensor) -> torch.Tensor:
         is_map = hidden.dim() == 4  # (N, C, H, W) maps or (N, S, C) tokens
         tokens = maps_to_tokens(hidden) if is_map else hidden

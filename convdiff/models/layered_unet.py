@@ -34,6 +34,7 @@ from ..nn.spatial_transformer import SpatialTransformer
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .inputs import broadcast_timesteps, check_class_labels, check_sample
+from .regional_compile import RegionalCompileMixin
 
 
 @dataclass
@@ -59,7 +60,7 @@ class UNetLayer(nn.Module):
         return x if self.attention is None else self.attention(x, context, context_mask)
 
 
-class LayeredUNetModel(ModelMixin, ConfigMixin):
+class LayeredUNetModel(RegionalCompileMixin, ModelMixin, ConfigMixin):
     r"""Multi-scale pixel U-Net with an input and an output head per scale, class and/or text conditioning.
 
     Args:

@@ -49,6 +49,7 @@ from .inflation import (  # noqa: F401
 )
 from .inputs import broadcast_timesteps
 from .memory_format import restore_channels_last
+from .regional_compile import RegionalCompileMixin
 from .video_control import InflatedControlMixin
 
 # Config entries of the 2D model that the inflated model repeats, so training / pipeline helpers read them as usual.
@@ -67,8 +68,9 @@ class InflatedModelOutput(BaseOutput):
 
 # --- the inflated models ------------------------------------------------------------------------------------------
 
-class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
+class _InflatedModel(InflatedControlMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
+    _repeated_blocks = ["SpatioTemporalBlock"]  # a 2D block with its temporal / view layers (inflation.py)
 
     def _build(self, base_class: str, base_config: dict | None, options: InflationOptions, plan: dict | None,
                freeze_spatial: bool) -> None:
