@@ -66,6 +66,10 @@ class _Regions:
     def __init__(self, compile_args, compile_kwargs):
         self.compile_args = compile_args
         self.compile_kwargs = dict(compile_kwargs)
+        # A region serves one shape. Without dynamic=False, Dynamo's automatic dynamic shapes, which it tracks per
+        # code object across regions, would compile every region after the first for symbolic sizes: slower
+        # graphs, and inductor fails on some (the layered U-Net's training graphs, torch 2.13).
+        self.compile_kwargs.setdefault("dynamic", False)
         if ISOLATED_REGIONS:
             self.compile_kwargs["isolate_recompiles"] = True
         self.regions = {}
