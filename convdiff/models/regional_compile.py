@@ -7,12 +7,14 @@ changes width and resolution from level to level, and all of them share one code
 forward, on which Dynamo counts recompilations (`torch._dynamo.config.recompile_limit`): each new width is a
 recompilation, and past the limit the block falls back to eager, or raises under `fullgraph=True`.
 
-Here every distinct block shape gets a compiled region of its own (`torch.compile(...,
-isolate_recompiles=True)`, torch >= 2.13; older torch shares one region, as diffusers does). A block's region
-is chosen at call time by what Dynamo specialises a graph on: the block's structure (its modules, their
-hyper-parameters, its parameters' shapes, dtypes and whether they train) and the call's (input shapes and dtypes,
-grad mode, autocast, train / eval). Blocks of the same shape share one graph, each shape compiles once, and new
-timesteps, labels or steps reuse it. A new image size or batch size is a new shape, compiled once more.
+Here every distinct block shape gets a compiled region of its own (`torch.compile(..., dynamic=False,
+isolate_recompiles=True)`, torch >= 2.13). A block's region is chosen at call time by what Dynamo specialises a
+graph on: the block's structure (its modules, their hyper-parameters, its parameters' shapes, dtypes and whether
+they train) and the call's (input shapes and dtypes, grad mode, autocast, train / eval). Blocks of the same shape
+share one graph, each shape compiles once, and new timesteps, labels or steps reuse it. A new image size or batch
+size is a new shape, compiled once more. torch before 2.13 cannot isolate a region's cache: there the regions share
+the cache of one code object, so each shape after the first counts against Dynamo's recompile limit, as with
+diffusers' own `compile_repeated_blocks`.
 """
 
 import functools
