@@ -26,7 +26,7 @@ def _dico():
     return create_model("dico-tiny", in_channels=3, sample_size=8, hidden_size=16)
 
 
-# name -> (build, batch-2 inputs, loss of the output); the video / 4D models and the ControlNet wrap DiC / DiCo.
+# name -> a tiny model of each class; the ControlNet and the video / 4D models wrap a DiC or DiCo (inputs: `inputs`).
 MODELS = {
     "dic": _dic,
     "dico": _dico,
