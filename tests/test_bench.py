@@ -1,5 +1,6 @@
 """The benchmark's FLOP counting and table formatting (no timing assertions)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,3 +77,16 @@ def test_plan_batch_shrinks_or_skips_to_fit_the_budget():
     assert bench.plan_batch(2, 30.0, 40) == 1
     assert bench.plan_batch(2, 60.0, 40) == 0  # one image alone is over budget: skipped
     assert bench.plan_batch(8, 60.0, 0) == 8  # no budget
+
+
+@pytest.mark.slow
+def test_regional_compile_benchmark_appends_a_section(tmp_path):
+    from convdiff.apps.benchmarks import regional_compile
+
+    out = tmp_path / "bench.md"
+    assert regional_compile.main(["--models", "diffit-tiny", "--batch", "1", "--rounds", "1", "--repeats", "1",
+                                  "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## Regional vs whole-model compilation" in text and "fp32 matmul rate in this run" in text
+    assert "| diffit-tiny | 2 | regional | 1 |" in text  # two identical blocks: one graph
+    assert "graphs compiled while timing (recompilations): 0" in text

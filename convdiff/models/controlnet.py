@@ -30,6 +30,7 @@ from torch import nn
 from .class_paths import class_path, import_class
 from .config_bounds import check_model_config
 from .memory_format import restore_layout
+from .regional_compile import RegionalCompileMixin
 from .video_control import condition_frames
 
 CONTROL_INTERFACE = ("control_points", "control_encode", "control_unused_modules")
@@ -111,7 +112,7 @@ def top_scale(sample):
     return sample[0] if isinstance(sample, (list, tuple)) else sample
 
 
-class ControlNet(ModelMixin, ConfigMixin):
+class ControlNet(RegionalCompileMixin, ModelMixin, ConfigMixin):
     r"""A trainable copy of a convdiff backbone's encoder half, returning residuals for the frozen backbone.
 
     Build it with `ControlNet.from_backbone(model)`; call it as
@@ -136,6 +137,8 @@ class ControlNet(ModelMixin, ConfigMixin):
         cls = import_backbone_class(backbone_class)
         check_model_config(cls, backbone_config, f"this ControlNet's backbone_config ({backbone_class})")
         self.backbone = cls.from_config(backbone_config)
+        # the copy's blocks are the units that repeat (regional compilation, regional_compile.py)
+        self._repeated_blocks = list(getattr(self.backbone, "_repeated_blocks", None) or ())
         points = self.backbone.control_points()
         if hasattr(self.backbone, "control_prune"):
             self.backbone.control_prune()
@@ -224,7 +227,8 @@ class ControlNet(ModelMixin, ConfigMixin):
         """
         self.check_condition(sample, controlnet_cond)
         condition = condition_frames(top_scale(sample), controlnet_cond)  # one row per frame of a video sample
-        stem_residual = self.controlnet_cond_embedding(condition.to(self.dtype)).to(top_scale(sample).dtype)
+        # the sample's dtype, not the weights' (stored in a low precision under layerwise casting)
+        stem_residual = self.controlnet_cond_embedding(condition.to(top_scale(sample).dtype))
         skips, middle = self.backbone.control_encode(sample, timestep, class_labels=class_labels,
                                                      force_drop_ids=force_drop_ids, stem_residual=stem_residual,
                                                      **conditioning)

@@ -27,6 +27,7 @@ from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnsh
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .memory_format import ChannelsLastMixin, like_caller, to_channels_last
+from .regional_compile import RegionalCompileMixin
 
 
 class DiCBlock(nn.Module):
@@ -59,7 +60,7 @@ def skip_targets(depth: int, skip_stride: int):
     return [j for j in range(depth) if j % skip_stride == 0]
 
 
-class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
+class DiCModel(ChannelsLastMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCBlock"]
     _repeated_blocks = ["DiCBlock"]
@@ -146,7 +147,8 @@ class DiCModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     def embed_conditions(self, hidden_states, timestep, class_labels, force_drop_ids=None) -> list:
         """Checked inputs -> one condition (timestep + label embedding) per encoder level's width."""
         timesteps, labels = check_inputs(hidden_states, timestep, class_labels, self.config, self.stride, "DiCModel")
-        return [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+        conditions = self.conditioning(timesteps, labels, force_drop_ids, hidden_states.dtype)
+        return [c.to(hidden_states.dtype) for c in conditions]
 
     def encode(self, x, conditions, stem_residual=None):
         """Stem (plus a ControlNet's conditioning image), encoder and middle: (the skip tensors kept every

@@ -23,6 +23,7 @@ from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnsh
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .memory_format import ChannelsLastMixin, like_caller, to_channels_last
+from .regional_compile import RegionalCompileMixin
 
 
 class DiCoBlock(nn.Module):
@@ -50,7 +51,7 @@ class DiCoBlock(nn.Module):
         return add_gated(x, gate2, run_conv(self.ffn_out, h))
 
 
-class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
+class DiCoModel(ChannelsLastMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiCoBlock"]
     _repeated_blocks = ["DiCoBlock"]
@@ -119,7 +120,8 @@ class DiCoModel(ChannelsLastMixin, ModelMixin, ConfigMixin):
     def embed_conditions(self, hidden_states, timestep, class_labels, force_drop_ids=None) -> list:
         """Checked inputs -> one condition (timestep + label embedding) per width: H, 2H, 4H."""
         timesteps, labels = check_inputs(hidden_states, timestep, class_labels, self.config, self.stride, "DiCoModel")
-        return [c.to(hidden_states.dtype) for c in self.conditioning(timesteps, labels, force_drop_ids)]
+        conditions = self.conditioning(timesteps, labels, force_drop_ids, hidden_states.dtype)
+        return [c.to(hidden_states.dtype) for c in conditions]
 
     def encode(self, x, conditions, stem_residual=None):
         """Stem (plus a ControlNet's conditioning image), encoder and middle: ([enc1, enc2], middle output)."""

@@ -33,6 +33,7 @@ from .checkpointing import run_block
 from .control_points import ControlPoints, check_in_flight_residuals
 from .convfusion import ConversionRecordMixin
 from .memory_format import ExactReloadMixin
+from .regional_compile import RegionalCompileMixin
 
 
 class Mlp(nn.Module):
@@ -82,7 +83,7 @@ def time_token(model, hidden_states, timestep, class_labels, force_drop_ids, str
     """Check a DiffiT model's inputs and return its time token c = t_emb (+ y_emb, labels dropped for CFG)."""
     config = model.config
     timesteps, labels = check_inputs(hidden_states, timestep, class_labels, config, stride, type(model).__name__)
-    temb = model.t_embedder(timesteps)
+    temb = model.t_embedder(timesteps, hidden_states.dtype)
     if labels is not None:
         if (model.training and config.class_dropout_prob > 0) or force_drop_ids is not None:
             labels = drop_labels(labels, config.num_classes, config.class_dropout_prob, force_drop_ids)
@@ -120,7 +121,7 @@ class FinalLayer(nn.Module):
         return self.linear(F.silu(self.norm_final(x)))
 
 
-class DiffiTModel(ConversionRecordMixin, ExactReloadMixin, ModelMixin, ConfigMixin):
+class DiffiTModel(ConversionRecordMixin, ExactReloadMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTBlock"]
     _repeated_blocks = ["DiffiTBlock"]

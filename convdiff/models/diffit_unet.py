@@ -28,6 +28,7 @@ from .control_points import ControlPoints, add_control_residuals
 from .convfusion import ConversionRecordMixin
 from .diffit import DiffiTBlock, run_in_windows, time_token
 from .memory_format import ExactReloadMixin
+from .regional_compile import RegionalCompileMixin
 
 
 class DiffiTResBlock(nn.Module):
@@ -68,7 +69,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class DiffiTUNetModel(ConversionRecordMixin, ExactReloadMixin, ModelMixin, ConfigMixin):
+class DiffiTUNetModel(ConversionRecordMixin, ExactReloadMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiffiTResBlock"]
     _repeated_blocks = ["DiffiTResBlock"]

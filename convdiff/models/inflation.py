@@ -127,6 +127,10 @@ class SpatioTemporalBlock(nn.Module):
             return (self.mix(out[0]),) + out[1:]
         return self.mix(out)
 
+    def compile_key(self) -> tuple:
+        """The grid this block mixes over (regional_compile.py): it is read from the context, not an input."""
+        return self.context.compile_key()
+
     def mix(self, hidden: torch.Tensor) -> torch.Tensor:
         is_map = hidden.dim() == 4  # (N, C, H, W) maps or (N, S, C) tokens
         tokens = maps_to_tokens(hidden) if is_map else hidden
@@ -162,7 +166,8 @@ class FrameConditionedTimestepEmbedding(nn.Module):
         out = self.embedder(*args, **kwargs)
         if self.context.grid is None:  # the backbone run on its own, on images
             return out
-        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps, self.context.frame_text)
+        extra = self.frame_embedding(self.context.frame_cameras, self.context.frame_timestamps, self.context.frame_text,
+                                     out.dtype)
         if extra.shape[0] != out.shape[0]:
             raise ValueError(f"the timestep embedder produced {out.shape[0]} rows for {extra.shape[0]} frames; "
                              f"call the inflated model, not its 2D backbone, on video input.")

@@ -35,6 +35,7 @@ from ..nn.spatial_transformer import SpatialTransformer
 from .checkpointing import run_block
 from .control_points import ControlPoints, add_control_residuals
 from .memory_format import ExactReloadMixin
+from .regional_compile import RegionalCompileMixin
 
 
 @dataclass
@@ -60,7 +61,7 @@ class UNetLayer(nn.Module):
         return x if self.attention is None else self.attention(x, context, context_mask)
 
 
-class LayeredUNetModel(ExactReloadMixin, ModelMixin, ConfigMixin):
+class LayeredUNetModel(ExactReloadMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     r"""Multi-scale pixel U-Net with an input and an output head per scale, class and/or text conditioning.
 
     Args:
@@ -194,7 +195,7 @@ class LayeredUNetModel(ExactReloadMixin, ModelMixin, ConfigMixin):
             timesteps = [broadcast_timesteps(t, batch, device) for t in timestep]
         else:
             timesteps = [broadcast_timesteps(timestep, batch, device)] * len(self.scale_sizes)
-        emb = sum(embedder(t) for embedder, t in zip(self.time_embedders, timesteps))
+        emb = sum(embedder(t, dtype) for embedder, t in zip(self.time_embedders, timesteps))
         config = self.config
         labels = check_class_labels(class_labels, batch, config.num_classes, config.class_dropout_prob > 0, device,
                                     type(self).__name__)

@@ -50,6 +50,7 @@ from .inflation import (  # noqa: F401
     resolve_base_class,
 )
 from .memory_format import restore_layout
+from .regional_compile import RegionalCompileMixin
 from .video_control import InflatedControlMixin
 
 # Config entries of the 2D model that the inflated model repeats, so training / pipeline helpers read them as usual.
@@ -68,8 +69,9 @@ class InflatedModelOutput(BaseOutput):
 
 # --- the inflated models ------------------------------------------------------------------------------------------
 
-class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
+class _InflatedModel(InflatedControlMixin, RegionalCompileMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
+    _repeated_blocks = ["SpatioTemporalBlock"]  # a 2D block with its temporal / view layers (inflation.py)
 
     def _build(self, base_class: str, base_config: dict | None, options: InflationOptions, plan: dict | None,
                freeze_spatial: bool) -> None:
@@ -270,7 +272,8 @@ class _InflatedModel(InflatedControlMixin, ModelMixin, ConfigMixin):
         frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
         with self.context.scope(
                 grid, self.two_stream,
-                sync_condition=self.sync_embedding(frame_timesteps) if self.two_stream else None,
+                sync_condition=(self.sync_embedding(frame_timesteps, grid_inputs[0].dtype) if self.two_stream
+                                else None),
                 frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
                 frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams),
                 frame_text=None if frame_text is None else frame_text.repeat(streams, 1)):

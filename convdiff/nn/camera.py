@@ -61,25 +61,26 @@ class FrameConditionEmbedding(nn.Module):
         self.text = zero_output_mlp(text_dim, hidden_dim, out_dim) if text_dim else None
 
     def forward(self, cameras: torch.Tensor | None = None, timestamps: torch.Tensor | None = None,
-                text: torch.Tensor | None = None) -> torch.Tensor:
+                text: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """cameras (N, camera_dim) when built with camera_dim; timestamps (N,) when built with timestamps;
-        text (N, text_dim) when built with text_dim."""
+        text (N, text_dim) when built with text_dim. `dtype` is the model's compute dtype (see
+        `TimestepEmbedding.forward`)."""
         out = 0
         if self.camera is not None:
             if cameras is None or cameras.dim() != 2 or cameras.shape[1] != self.camera_dim:
                 got = None if cameras is None else tuple(cameras.shape)
                 raise ValueError(f"expected per-frame cameras of shape (N, {self.camera_dim}), got {got}.")
             features = fourier_features(cameras, self.num_frequencies)
-            out = out + self.camera(features.to(self.camera[0].weight.dtype))
+            out = out + self.camera(features.to(dtype))
         if self.time is not None:
             if timestamps is None or timestamps.dim() != 1:
                 got = None if timestamps is None else tuple(timestamps.shape)
                 raise ValueError(f"expected per-frame timestamps of shape (N,), got {got}.")
             features = fourier_features(timestamps[:, None], self.num_frequencies)
-            out = out + self.time(features.to(self.time[0].weight.dtype))
+            out = out + self.time(features.to(dtype))
         if self.text is not None:
             if text is None or text.dim() != 2 or text.shape[1] != self.text_dim:
                 got = None if text is None else tuple(text.shape)
                 raise ValueError(f"expected per-frame text embeddings of shape (N, {self.text_dim}), got {got}.")
-            out = out + self.text(text.to(self.text[0].weight.dtype))
+            out = out + self.text(text.to(dtype))
         return out

@@ -37,9 +37,12 @@ class TimestepEmbedding(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`dtype` is the dtype the model computes in (its hidden states'), as diffusers' DiT passes `hidden_dtype`
+        to its embedder. Not the weights' dtype: under diffusers' layerwise casting the weights are stored in a
+        low-precision dtype (fp16, bf16, fp8) and upcast only while each layer runs."""
         features = timestep_sinusoid(timesteps, self.frequency_dim)
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(dtype))
 
 
 def drop_labels(labels: torch.Tensor, null_class: int, dropout_prob: float, force_drop_ids=None) -> torch.Tensor:
@@ -85,8 +88,8 @@ class StageConditioning(nn.Module):
             [LabelEmbedding(num_classes, w, class_dropout_prob) for w in widths] if num_classes > 0 else []
         )
 
-    def forward(self, timesteps: torch.Tensor, labels=None, force_drop_ids=None):
-        conditions = [embed(timesteps) for embed in self.time_embedders]
+    def forward(self, timesteps: torch.Tensor, labels=None, force_drop_ids=None, dtype: torch.dtype = torch.float32):
+        conditions = [embed(timesteps, dtype) for embed in self.time_embedders]
         if self.num_classes > 0:
             if (self.training and self.class_dropout_prob > 0) or force_drop_ids is not None:
                 labels = drop_labels(labels, self.num_classes, self.class_dropout_prob, force_drop_ids)

@@ -88,6 +88,10 @@ class GridContext:
             return checkpoint_func(in_forward_context, *args, **kwargs)
         return run
 
+    def compile_key(self) -> tuple:
+        """What a compiled layer reading this context is specialised on: the grid and the shapes of its tensors."""
+        return tuple((tuple(v.shape), v.dtype) if torch.is_tensor(v) else v for v in self.state())
+
     def frames_in_batch(self) -> int | None:
         """How many frames the backbone's batch axis holds (both streams), None outside a video forward."""
         return None if self.grid is None else self.grid.num_frames_total * (2 if self.two_stream else 1)

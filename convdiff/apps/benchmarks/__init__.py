@@ -14,6 +14,8 @@
 - `layered.py`: the layered U-Net against a single-resolution U-Net (`scripts/benchmark_layered.py`)
 - `convfusion.py`: self-attention vs linear attention vs ΔConvBlock on SD1.5's layers (`scripts/benchmark_convfusion.py`)
 - `spatiotemporal.py`: view-time mixing designs on V x T grids (`scripts/benchmark_spatiotemporal.py`)
+- `regional_compile.py`: regional vs whole-model compilation, compile time and speed
+  (`scripts/benchmark_regional_compile.py`)
 
 Each prints markdown tables and appends them, with command, machine and date, to docs/benchmarks.md.
 """
