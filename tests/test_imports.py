@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "convdiff"
 
-# Lowest first. A module belongs to the first entry that names it or a package above it.
+# Lowest first. A module belongs to the entry that names it, else to the one naming its nearest package.
 LAYERS = [
     ("foundation", ["convdiff.files", "convdiff.grids", "convdiff.diffusion", "convdiff.lazy"]),
     ("nn", ["convdiff.nn"]),
@@ -22,8 +22,9 @@ LAYERS = [
     ("training", ["convdiff.training"]),
     ("distill", ["convdiff.distill"]),
     # The top: commands, demos and benchmarks (convdiff/apps/), the CLI that dispatches to them, the package
-    # __init__, and convdiff.demo (the earlier path of the MNIST protocol helpers). They may import anything.
-    ("applications", ["convdiff", "convdiff.__main__", "convdiff.cli", "convdiff.demo", "convdiff.apps"]),
+    # __init__ and the `python -m` entry points. They may import anything.
+    ("applications", ["convdiff", "convdiff.__main__", "convdiff.convert.__main__", "convdiff.cli", "convdiff.demo",
+                      "convdiff.apps"]),
 ]
 
 
@@ -36,10 +37,11 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
 def layer_of(module: str) -> int:
-    for level, (_, prefixes) in enumerate(LAYERS):
-        if any(module == p or (p != "convdiff" and module.startswith(p + ".")) for p in prefixes):
-            return level
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS here and to docs/architecture.md")
+    named = [(len(p), level) for level, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+             if module == p or (p != "convdiff" and module.startswith(p + "."))]
+    if not named:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS here and to docs/architecture.md")
+    return max(named)[1]
 
 
 def imports(module: str):
