@@ -49,6 +49,7 @@ __all__ = [
     "load_stats",
     "save_stats",
     "to_uint8",
+    "videos_uint8",
     "mnist_split_indices",
     "mnist_reference",
     "save_mnist_reference",
@@ -85,6 +86,16 @@ def to_uint8(images, value_range: tuple[float, float] = (-1.0, 1.0)):
         raise TypeError(f"to_uint8 expects float images (or uint8), got {images.dtype}")
     x01 = (images.astype(np.float64) - lo) / (hi - lo)
     return np.clip(np.floor(x01 * 255 + 0.5), 0, 255).astype(np.uint8)
+
+
+def videos_uint8(videos) -> np.ndarray:
+    """(N, F, H, W, C) float in [0, 1] or uint8 -> uint8 (N, F, H, W, C)."""
+    if isinstance(videos, torch.Tensor):
+        videos = videos.detach().cpu().numpy()
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+        raise ValueError(f"Expected videos (N, F, H, W, C) with C = 1 or 3, got shape {videos.shape}.")
+    return to_uint8(videos, value_range=(0.0, 1.0))
 
 
 def _to_nhwc_uint8(images) -> np.ndarray:
