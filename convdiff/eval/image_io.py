@@ -23,16 +23,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
-from ..data.mnist import HELD_OUT_PER_CLASS, mnist_arrays, mnist_split_indices
 import torch
 
+from ..data.mnist import HELD_OUT_PER_CLASS, mnist_arrays, mnist_split_indices
+from ..files import replace_file
 from .frechet import Moments
 
 __all__ = [
@@ -117,20 +116,6 @@ def _to_nhwc_uint8(images) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------------------
 # ADM .npz samples
 
@@ -151,7 +136,7 @@ def save_adm_npz(images, path: str | os.PathLike, labels=None) -> Path:
         if labels.shape[0] != arrays["arr_0"].shape[0]:
             raise ValueError(f"{labels.shape[0]} labels for {arrays['arr_0'].shape[0]} images")
         arrays["arr_1"] = labels
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    replace_file(path, lambda partial: np.savez(partial, **arrays), keep_suffix=True)
     return path
 
 
@@ -367,7 +352,7 @@ def save_stats(
         arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
     if moments.n is not None:
         arrays["n"] = np.int64(moments.n)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    replace_file(path, lambda partial: np.savez(partial, **arrays), keep_suffix=True)
     return path
 
 
