@@ -23,8 +23,7 @@ LAYERS = [
     ("distill", ["convdiff.distill"]),
     # The top: commands, demos and benchmarks (convdiff/apps/), the CLI that dispatches to them, the package
     # __init__ and the `python -m` entry points. They may import anything.
-    ("applications", ["convdiff", "convdiff.__main__", "convdiff.convert.__main__", "convdiff.cli", "convdiff.demo",
-                      "convdiff.apps"]),
+    ("applications", ["convdiff", "convdiff.__main__", "convdiff.convert.__main__", "convdiff.cli", "convdiff.apps"]),
 ]
 
 
