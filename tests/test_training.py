@@ -346,7 +346,7 @@ def test_resume_reads_ema_weights_only_and_overrides_go_anywhere(finished_run, t
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
-    # overrides before and after --resume (argparse used to refuse the ones after it)
+    # overrides before and after --resume (parse_intermixed_args takes options between positionals)
     train_main(["max_train_steps=3", "--resume", "latest", *FAST, "max_train_steps=3", "checkpointing_steps=1",
                 f"output_dir={out}"])
     assert loads and all(loads), "a checkpoint file was unpickled without weights_only=True"

@@ -1,4 +1,4 @@
-"""Cost of view-time mixing designs on V x T grids: FLOPs, CPU latency and peak memory (issue 7, deliverable 6).
+"""Cost of view-time mixing designs on V x T grids: FLOPs, CPU latency and peak memory.
 
 Every design is one layer (pre-norm attention with a residual, or a conv) applied to the tokens of a
 (B, C, V, T, H', W') grid, H' x W' = the latent size over the patch size:
