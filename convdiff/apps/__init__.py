@@ -9,5 +9,7 @@ package (tests/test_imports.py; docs/architecture.md). `convdiff/cli.py` dispatc
 - `mnist_demo.py`: `convdiff mnist-demo` and the project's MNIST protocol (`mnist_scores`)
 - `controlnet_demo.py`: `convdiff controlnet-demo`
 - `video_demo.py`: `convdiff video-demo`
+- `digit_classifier.py`, `mnist_reference.py`: `python -m` commands that rewrite the MNIST protocol's shipped
+  assets (eval/assets/)
 - `benchmarks/`: every benchmark; `scripts/benchmark*.py` are thin entry points to them
 """
