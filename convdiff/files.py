@@ -8,7 +8,8 @@ Writing: a folder (a checkpoint, a pipeline, a converted model) is written into 
 every file in it is fsynced, and only then is it renamed into place; the folder it replaces is removed last.
 A write that fails (disk full, no permission) removes its partial folder and raises one `OSError` that
 names the target and the cause, so the previous folder stays exactly as it was. A single file (a latent shard,
-an index) is written the same way through a hidden `.<name>.partial` file (`replace_file`).
+an index, a sample `.npz`, a video) is written the same way through a hidden `.<name>.partial` file
+(`replace_file`).
 """
 
 import errno
@@ -126,8 +127,11 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
-def partial_path(target) -> Path:
+def partial_path(target, keep_suffix: bool = False) -> Path:
+    """`.<name>.partial`, or `.<stem>.partial<suffix>` with `keep_suffix`."""
     target = Path(target)
+    if keep_suffix:
+        return target.with_name(f".{target.stem}.partial{target.suffix}")
     return target.with_name(f".{target.name}.partial")
 
 
@@ -157,14 +161,16 @@ def replace_folder(target, write, check=None) -> Path:
     return target
 
 
-def replace_file(target, write) -> Path:
+def replace_file(target, write, keep_suffix: bool = False) -> Path:
     """Run `write(partial_file)`, fsync it, then rename it over `target`: a killed write leaves only the partial.
 
     A failed write removes the partial file and raises `write_failure`; `target` is left as it was.
+    `keep_suffix` ends the partial's name in the target's suffix, for writers that choose the format by the
+    name (ffmpeg, OpenCV) or append one otherwise (`np.savez` adds `.npz`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(target)
+    partial = partial_path(target, keep_suffix)
     try:
         write(partial)
         with open(partial, "rb") as handle:

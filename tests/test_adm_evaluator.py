@@ -15,7 +15,7 @@ from torch import nn
 from conftest import save_torchscript
 from convdiff.eval import find_default_inception_weights, save_adm_npz
 from convdiff.eval.adm_evaluator import evaluate, read_reference_batch
-from convdiff.eval.fid import build_parser, fid_main
+from convdiff.apps.fid import build_parser, fid_main
 from convdiff.eval.frechet import RankDeficientWarning
 from convdiff.eval.inception import InceptionFeatureExtractor
 from convdiff.eval.inception_score import inception_score

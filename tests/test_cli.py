@@ -62,15 +62,6 @@ def test_mnist_demo_prints_fid_with_protocol(trained, tmp_path, monkeypatch, cap
     assert not (tmp_path / "cache/fid").exists()  # the shipped reference features stand in: nothing recomputed
 
 
-def test_the_mnist_protocol_keeps_its_earlier_import_path():
-    """README names convdiff.demo.mnist_scores / mnist_fid / mnist_samples: the same functions as in apps/."""
-    from convdiff import demo
-
-    for name in ("mnist_scores", "mnist_fid", "mnist_samples"):  # by name: another test reloads apps.mnist_demo
-        function = getattr(demo, name)
-        assert (function.__module__, function.__name__) == ("convdiff.apps.mnist_demo", name)
-
-
 def test_console_entry_point_lists_commands():
     result = subprocess.run([sys.executable, "-m", "convdiff", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "mnist-demo" in result.stdout and "convert" in result.stdout

@@ -142,8 +142,8 @@ def test_composition_matrix(backbone, recipe):
 
 @pytest.mark.parametrize("name", ["diffit-tiny", "diffit-unet-tiny"])
 def test_a_deltaconv_student_inflates_reloads_and_keeps_its_students(name, tmp_path):
-    """Inflating a ΔConv-converted DiffiT raised TypeError (unexpected keyword argument 'convfusion'): the
-    converted model now rebuilds from its config, so inflation, reloading and ControlNet copies keep the students."""
+    """A ΔConv-converted DiffiT rebuilds from its config, so inflation, reloading and ControlNet copies keep the
+    students."""
     student = randomize_(convert_self_attention(create_model(name, sample_size=8, **({"window_size": 4} if "unet" in name
                                                                                       else {})))).eval()
     video = inflate(student, to="video", temporal=("p3d", "attention"), max_frames=2).eval()

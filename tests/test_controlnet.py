@@ -362,7 +362,7 @@ def test_controlnet_task_keeps_the_base_in_the_weight_dtype_and_the_controlnet_i
 def test_controlnet_task_trains_only_the_controlnet_through_the_loop(tmp_path, tiny_base):
     from safetensors.torch import load_file
 
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
     from convdiff.training.config import load_config
 
     base_folder, base_model = tiny_base

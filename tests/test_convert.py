@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from convdiff.apps.convert import convert_main
 from convdiff.convert import (
     KEY_MAPS,
-    convert_main,
     convert_official_checkpoint,
     convert_official_to_folder,
     select_state_dict,

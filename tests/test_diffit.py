@@ -351,7 +351,7 @@ def test_mnist_recipes_train_with_the_loop(tmp_path, config, shrink):
     from pathlib import Path
 
     from convdiff.pipelines import ClassConditionalPipeline
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
     from convdiff.training.checkpoints import list_checkpoints
 
     root = Path(__file__).resolve().parents[1]

@@ -68,7 +68,7 @@ def test_engines_refuse_where_they_cannot_run(monkeypatch):
 
 
 def test_training_launched_for_deepspeed_stops_before_writing(tmp_path, monkeypatch):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")

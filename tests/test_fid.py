@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import save_torchscript
+from convdiff.apps.fid import fid_main
 from convdiff.eval import (
     InceptionWeightsNotFound,
     Moments,
@@ -17,7 +18,6 @@ from convdiff.eval import (
     RunningMoments,
     UnreadableImageError,
     compute_fid,
-    fid_main,
     find_default_inception_weights,
     frechet_distance,
     list_images,

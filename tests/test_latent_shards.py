@@ -38,7 +38,7 @@ def image_folder(folder, per_class=5):
 
 
 def extract(tmp_path, output, *extra):
-    from convdiff.data.extract import extract_main
+    from convdiff.apps.extract_latents import extract_main
 
     return extract_main(["--data", str(tmp_path / "images"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
                          "--output", str(output), "--shard-size", "3", "--batch-size", "2", *extra])
@@ -71,7 +71,7 @@ def test_extraction_records_its_vae_and_resumes_after_a_kill_keeping_finished_sh
 
     # Killed (SIGKILL, no clean-up) while encoding the third shard; a stale partial write is left behind too.
     out = tmp_path / "resumed"
-    killer = ("import os, signal, sys; from convdiff.data import image_folder as m; from convdiff.data.extract import "
+    killer = ("import os, signal, sys; from convdiff.data import image_folder as m; from convdiff.apps.extract_latents import "
               "extract_main; real = m.ImageFolderDataset.__getitem__; m.ImageFolderDataset.__getitem__ = lambda self, i: "
               "os.kill(os.getpid(), signal.SIGKILL) if i == 7 else real(self, i); extract_main(sys.argv[1:])")
     args = ["--data", str(tmp_path / "images"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
@@ -100,7 +100,7 @@ def test_a_folder_of_other_latents_is_refused_and_kept(sources):
 
 
 def test_training_reads_a_shard_folder_and_the_npz_path_still_works(sources):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     tmp_path = sources
     extract(tmp_path, tmp_path / "lat")
@@ -115,7 +115,7 @@ def test_training_reads_a_shard_folder_and_the_npz_path_still_works(sources):
 def test_training_refuses_a_vae_that_did_not_make_the_shards(sources):
     from diffusers import AutoencoderKL
 
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     tmp_path = sources
     extract(tmp_path, tmp_path / "lat")

@@ -1,4 +1,4 @@
-"""A converted official checkpoint samples as the official sample scripts do, without arguments (issue 15, item 1).
+"""A converted official checkpoint samples as the official sample scripts do, without arguments.
 
 The expected values are ADM's formulas (Nichol & Dhariwal 2021, arXiv 2102.09672; the sampler of DiT, DiC, DiCo
 and DiffiT), written out here independently of diffusers: the respaced timesteps, the posterior mean from the

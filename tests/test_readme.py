@@ -1,4 +1,4 @@
-"""README.md's code runs as written (issue 16).
+"""README.md's code runs as written.
 
 Every ```python block of README.md runs in a fresh interpreter (OMP_NUM_THREADS=1, offline), exactly as a user
 would paste it from the repository root. An HTML comment on the line right before a block's fence says how:

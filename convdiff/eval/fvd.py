@@ -29,8 +29,8 @@ import torch
 
 from .fid import FIDResult
 from .frechet import Moments, frechet_distance, warn_if_rank_deficient
+from .image_io import videos_uint8
 from .inception import file_sha256, nv_bilinear_resize
-from .video_metrics import videos_uint8
 
 __all__ = ["I3DFeatureExtractor", "FVDResult", "compute_fvd", "video_moments", "I3D_SIZE"]
 

@@ -23,16 +23,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
-from ..data.mnist import HELD_OUT_PER_CLASS, mnist_arrays, mnist_split_indices
 import torch
 
+from ..data.mnist import HELD_OUT_PER_CLASS, mnist_arrays, mnist_split_indices
+from ..files import replace_file
 from .frechet import Moments
 
 __all__ = [
@@ -49,6 +48,7 @@ __all__ = [
     "load_stats",
     "save_stats",
     "to_uint8",
+    "videos_uint8",
     "mnist_split_indices",
     "mnist_reference",
     "save_mnist_reference",
@@ -87,6 +87,16 @@ def to_uint8(images, value_range: tuple[float, float] = (-1.0, 1.0)):
     return np.clip(np.floor(x01 * 255 + 0.5), 0, 255).astype(np.uint8)
 
 
+def videos_uint8(videos) -> np.ndarray:
+    """(N, F, H, W, C) float in [0, 1] or uint8 -> uint8 (N, F, H, W, C)."""
+    if isinstance(videos, torch.Tensor):
+        videos = videos.detach().cpu().numpy()
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+        raise ValueError(f"Expected videos (N, F, H, W, C) with C = 1 or 3, got shape {videos.shape}.")
+    return to_uint8(videos, value_range=(0.0, 1.0))
+
+
 def _to_nhwc_uint8(images) -> np.ndarray:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
@@ -104,20 +114,6 @@ def _to_nhwc_uint8(images) -> np.ndarray:
     if images.shape[-1] not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got shape {images.shape}")
     return np.ascontiguousarray(images)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,7 +136,7 @@ def save_adm_npz(images, path: str | os.PathLike, labels=None) -> Path:
         if labels.shape[0] != arrays["arr_0"].shape[0]:
             raise ValueError(f"{labels.shape[0]} labels for {arrays['arr_0'].shape[0]} images")
         arrays["arr_1"] = labels
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    replace_file(path, lambda partial: np.savez(partial, **arrays), keep_suffix=True)
     return path
 
 
@@ -356,7 +352,7 @@ def save_stats(
         arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
     if moments.n is not None:
         arrays["n"] = np.int64(moments.n)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    replace_file(path, lambda partial: np.savez(partial, **arrays), keep_suffix=True)
     return path
 
 

@@ -2,7 +2,7 @@
 
 FID: N balanced-label samples against the first N held-out digits (data/mnist.py; 50 per class at N=500), with
 the 2015 FID Inception (inception.py). The Inception features of the first 500 held-out digits ship with the
-package (assets/mnist-heldout-inception.npz, written by `python -m convdiff.eval.mnist`), so a first run does
+package (assets/mnist-heldout-inception.npz, written by `python -m convdiff.apps.mnist_reference`), so a first run does
 not spend 40 s of a 2-core CPU on the reference side; they are used only when the installed Inception file has
 the sha256 they were made with, otherwise the reference is computed and cached under ~/.cache/convdiff/fid
 (CONVDIFF_CACHE). Class accuracy: the share of samples that an independent digit classifier
@@ -11,7 +11,6 @@ the sha256 they were made with, otherwise the reference is computed and cached u
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,17 +92,3 @@ def write_reference_features(path=REFERENCE_FEATURES, n: int = 500) -> Path:
     np.savez_compressed(path, features=features.astype(np.float32), inception_sha256=np.str_(extractor.sha256),
                         protocol=np.str_(extractor.protocol))
     return path
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m convdiff.eval.mnist",
-                                     description="write the shipped Inception features of the held-out digits")
-    parser.add_argument("--output", default=str(REFERENCE_FEATURES))
-    parser.add_argument("-n", type=int, default=500)
-    args = parser.parse_args(argv)
-    print(f"wrote {write_reference_features(args.output, args.n)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

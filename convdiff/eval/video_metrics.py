@@ -18,17 +18,8 @@ import numpy as np
 import torch
 
 from .fid import compute_fid
-from .image_io import to_uint8
-
-
-def videos_uint8(videos) -> np.ndarray:
-    """(N, F, H, W, C) float in [0, 1] or uint8 -> uint8 (N, F, H, W, C)."""
-    if isinstance(videos, torch.Tensor):
-        videos = videos.detach().cpu().numpy()
-    videos = np.asarray(videos)
-    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
-        raise ValueError(f"Expected videos (N, F, H, W, C) with C = 1 or 3, got shape {videos.shape}.")
-    return to_uint8(videos, value_range=(0.0, 1.0))
+from .fvd import compute_fvd
+from .image_io import videos_uint8
 
 
 def frame_fid(videos, reference, extractor=None, **kwargs):
@@ -46,8 +37,6 @@ def frame_fid(videos, reference, extractor=None, **kwargs):
 def fvd(videos, reference, i3d, **kwargs):
     """FVD between `videos` and `reference` (videos or their `Moments`) with the I3D TorchScript at `i3d`
     (`compute_fvd` in fvd.py). Returns an `FVDResult`."""
-    from .fvd import compute_fvd
-
     return compute_fvd(videos, reference, i3d, **kwargs)
 
 

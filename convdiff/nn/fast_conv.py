@@ -16,7 +16,7 @@
 
 Under torch.compile tracing, and for anything but a plain `nn.Conv2d` whose forward nobody has wrapped or
 hooked (LoRA, layerwise casting, offloading hooks), the module call runs. Measured side by side with
-`convdiff bench-paths --paths default onednn` (docs/benchmarks.md, "Reading the 15:07, 15:26 and 15:31 runs").
+`convdiff bench-paths --paths default onednn` (docs/benchmarks.md, the bench-paths sections).
 """
 
 import torch

@@ -5,16 +5,17 @@ sample), a uint8 array, or a torch tensor (F, C, H, W) in [0, 1] (`output_type="
 `export_to_video`, uint8 arrays are taken as they are (diffusers multiplies every numpy frame by 255).
 
 mp4 goes through imageio-ffmpeg (H.264) when it is installed, else OpenCV's MPEG-4 Part 2 (`mp4v`) encoder
-from opencv-python-headless; GIFs through Pillow. Files are written to a temporary name and renamed, so a
-failed export never leaves a half-written file.
+from opencv-python-headless; GIFs through Pillow. Files are written atomically (`files.replace_file`: a partial file, fsynced, then
+renamed), so a failed export never leaves a half-written file.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..files import replace_file
 
 
 def frames_to_uint8(frames) -> np.ndarray:
@@ -36,18 +37,6 @@ def frames_to_uint8(frames) -> np.ndarray:
             raise ValueError(f"Float frames must lie in [0, 1] and uint8 frames in [0, 255]; got dtype {frames.dtype}.")
         frames = np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
     return frames
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return path
 
 
 def _write_gif(frames: np.ndarray, path: Path, fps: float, scale: int) -> None:
@@ -101,7 +90,7 @@ def export_to_video(frames, path, fps: float = 8, scale: int = 1) -> Path:
         raise ValueError(f"fps must be positive and scale >= 1, got fps={fps}, scale={scale}.")
     frames = frames_to_uint8(frames)
     write = _write_gif if suffix == ".gif" else _write_mp4
-    return _atomic(path, lambda target: write(frames, target, fps, scale))
+    return replace_file(path, lambda partial: write(frames, partial, fps, scale), keep_suffix=True)
 
 
 def grid_4d(frames, padding: int = 1, pad_value: int = 255) -> Image.Image:

@@ -19,8 +19,8 @@ def null_class_and_dropout(model):
     config = model.config
     num_classes, null_id = class_info(config)
     if "num_classes" in config:
-        # A convdiff model with label dropout draws a drop mask even when unconditional (null id 0): kept as it
-        # was, so the random draws of a training run stay what they were.
+        # A convdiff model with label dropout draws a drop mask even when unconditional (null id 0): the draw is
+        # part of the run's random stream, and leaving it out would change every draw after it.
         dropout = config.class_dropout_prob
         return num_classes, (config.num_classes if dropout > 0 else None), dropout
     embedders = [m for m in model.modules() if isinstance(m, DiffusersLabelEmbedding)]

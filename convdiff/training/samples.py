@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..grids import grid_labels, make_grid  # noqa: F401 (also imported from here by video_task.py)
+from ..grids import grid_labels, make_grid
 from ..pipelines.schedulers import make_scheduler
 
 

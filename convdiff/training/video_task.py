@@ -261,7 +261,7 @@ def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 
     views) and a GIF beside it; `prompts` (one per video) for a text-conditioned model."""
     from ..pipelines.schedulers import make_scheduler
     from ..pipelines.video_export import export_to_video, grid_4d, views_side_by_side
-    from .samples import make_grid
+    from ..grids import make_grid
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

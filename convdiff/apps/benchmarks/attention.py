@@ -15,11 +15,10 @@
 
 import argparse
 import datetime as _dt
+import functools
 import os
 import shlex
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 from ...nn.attention import BACKENDS, attention
 from ...registry import create_model
-from .instruments import CpuMeter, append_section, count, machine_line
+from .instruments import CpuMeter, append_section, count, machine_line, round_robin, time_call
 
 MODELS = ("diffit-xl", "dit-xl-2")
 
@@ -52,34 +51,14 @@ def flop_rows(models: dict) -> list[str]:
 def throughput_rows(models: dict, batches, passes: int) -> list[str]:
     rows = ["| batch | model | passes | ms/batch (median) | img/s | other procs (cores, mean) |", "|---|---|---|---|---|---|"]
     for batch in batches:
-        times = {name: [] for name in models}
-        others = {name: [] for name in models}
         inputs = {name: model_inputs(m, batch) for name, m in models.items()}
+        calls = {name: functools.partial(model, *inputs[name]) for name, model in models.items()}
         with torch.inference_mode():
-            for name, model in models.items():  # one untimed warmup each
-                model(*inputs[name])
-            for _ in range(passes):
-                for name, model in models.items():
-                    with CpuMeter() as meter:
-                        start = time.perf_counter()
-                        model(*inputs[name])
-                        times[name].append(time.perf_counter() - start)
-                    others[name].append(meter.others_cores or 0.0)
-        for name in models:
-            median = statistics.median(times[name])
-            rows.append(f"| {batch} | {name} | {passes} | {median * 1e3:,.0f} | {batch / median:.3f} | "
-                        f"{statistics.mean(others[name]):.2f} |")
+            timings = round_robin(calls, passes, warmup=1)
+        for name, timing in timings.items():
+            rows.append(f"| {batch} | {name} | {passes} | {timing.median * 1e3:,.0f} | {batch / timing.median:.3f} | "
+                        f"{timing.others_cores or 0.0:.2f} |")
     return rows
-
-
-def time_backend(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def backend_rows(repeats: int) -> list[str]:
@@ -104,7 +83,8 @@ def backend_rows(repeats: int) -> list[str]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     out = attention(q, k, v, attn_mask=mask, backend=backend)
-                    seconds = time_backend(lambda: attention(q, k, v, attn_mask=mask, backend=backend), repeats)
+                    seconds = time_call(lambda: attention(q, k, v, attn_mask=mask, backend=backend), repeats,
+                                        warmup=1).median
                 diff = (out - reference).abs().max().item()
                 cells.append(f"{seconds * 1e3:.1f} ms (diff {diff:.0e})")
             except (RuntimeError, ValueError) as error:

@@ -14,9 +14,8 @@ on the CPU runs, and for ΔConv / linear attention also on the meta device where
 
 import argparse
 import datetime
-import statistics
+import functools
 import sys
-import time
 import weakref
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from ...models.convfusion import (DeltaConvSelfAttention, LinearSelfAttention, convert_self_attention,
                                   self_attention_sites)
-from .instruments import count, machine_line
+from .instruments import count, machine_line, round_robin, time_call
 
 # Attention / ΔConv FLOP ratios the paper reports, at least (docs/convfusion.md); linear / ΔConv >= 5.4.
 TARGETS = {512: 12, 1024: 39}
@@ -97,17 +96,12 @@ def measure(module, side, channels, repeats: int):
     x = torch.randn(1, side * side, channels)
     if isinstance(module, DeltaConvSelfAttention):
         module.spatial_size = (side, side)
-    times = []
     with torch.inference_mode():
-        module(x)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - start)
+        timing = time_call(lambda: module(x), repeats, warmup=1)
         tracker = LiveActivationBytes()
         with tracker:
             module(x)
-    return statistics.median(times), tracker.peak
+    return timing.median, tracker.peak
 
 
 def meta_peak(module, side, channels):
@@ -207,7 +201,7 @@ def compare_pipelines(folders, batch: int, repeats: int):
 
     models = {Path(f).parent.name if Path(f).name == "pipeline" else Path(f).name:
               ClassConditionalPipeline.from_pretrained(f).transformer.eval() for f in folders}
-    rows, times = [], {name: [] for name in models}
+    rows = []
     for name, model in models.items():
         config = model.config
         x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size)
@@ -224,17 +218,14 @@ def compare_pipelines(folders, batch: int, repeats: int):
             mixer_flops += count(mixer, (captured["x"],))[0]
         rows.append((name, model, inputs, total, mixer_flops, len(student_modules(model))))
     with torch.inference_mode():
-        for _ in range(repeats + 1):
-            for name, model, inputs, *_ in rows:
-                start = time.perf_counter()
-                model(*inputs)
-                times[name].append(time.perf_counter() - start)
+        timings = round_robin({name: functools.partial(model, *inputs) for name, model, inputs, *_ in rows}, repeats,
+                              warmup=1)
     lines = [f"| denoiser | students | self-attention-layer GFLOPs / sample | whole denoiser GFLOPs / sample | "
              f"ms per batch of {batch} (median of {repeats}) |", "|---|---|---|---|---|"]
     for name, model, inputs, total, mixer_flops, students in rows:
         kind = type(next(iter(student_modules(model).values()))).__name__ if students else "self-attention (teacher)"
         lines.append(f"| {name} | {kind} | {mixer_flops / batch / 1e9:.4f} | {total / batch / 1e9:.4f} | "
-                     f"{statistics.median(times[name][1:]) * 1e3:,.0f} |")
+                     f"{timings[name].median * 1e3:,.0f} |")
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .instruments import (PRECISIONS, CpuMeter, add_report_options, append_section, autocast_context, count,
-                          machine_line, mean_of_known, measure_matmul_peak)
+                          machine_line, mean_of_known, measure_matmul_peak, time_call)
 
 DEFAULT_MODELS = ["dic-s", "dico-s", "dit-s-2", "dic-xl", "dico-xl", "dit-xl-2"]
 # Matmul ceilings (GFLOP/s) the lead measured for this class of machine (2 cores); overridable on the command line.
@@ -150,11 +150,8 @@ def time_forward(model: nn.Module, inputs: tuple, precision: str, warmup: int, i
     start = time.perf_counter()
 
     def timed_pass():
-        with CpuMeter() as meter:
-            t0 = time.perf_counter()
-            model(*inputs)
-            dt = time.perf_counter() - t0
-        return dt, meter.others_cores
+        timing = time_call(lambda: model(*inputs), 1)
+        return timing.seconds[0], timing.others[0]
 
     with torch.inference_mode(), autocast_context(precision):
         for w in range(warmup):

@@ -6,7 +6,8 @@
 - `machine_line` describes the CPU, its ISA flags, thread count and library versions for docs/benchmarks.md.
 - `measure_matmul_peak` is the best `F.linear` rate, the ceiling against which throughput is read.
 - `CpuMeter` measures the cores other processes used while a block ran, so a run on a shared machine says so.
-- `round_robin` times several calls in turn, round after round, so a change of load hits them all alike.
+- `round_robin` times several calls in turn, round after round, so a change of load hits them all alike;
+  `time_call` times one. Every benchmark times with these.
 - `add_report_options`: --threads, --no-write, --output, --title of the benchmarks that write docs rows.
 """
 
@@ -231,9 +232,13 @@ def mean_of_known(values) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-def round_robin(calls: dict, rounds: int, repeats: int = 1) -> dict:
+def round_robin(calls: dict, rounds: int, repeats: int = 1, warmup: int = 0) -> dict:
     """{key: Timing} of every `calls[key]()`: each round times each key once (`repeats` calls, averaged), in
-    turn, so load from other processes falls on all keys alike rather than on whichever ran during a burst."""
+    turn, so load from other processes falls on all keys alike rather than on whichever ran during a burst.
+    First each key gets `warmup` untimed calls, key after key."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
     timings = {key: Timing() for key in calls}
     for _ in range(rounds):
         for key, call in calls.items():
@@ -245,6 +250,11 @@ def round_robin(calls: dict, rounds: int, repeats: int = 1) -> dict:
             timings[key].seconds.append(seconds)
             timings[key].others.append(meter.others_cores)
     return timings
+
+
+def time_call(call, iters: int, warmup: int = 0) -> Timing:
+    """`round_robin` of one call: `warmup` untimed calls, then `iters` timed ones."""
+    return round_robin({None: call}, iters, warmup=warmup)[None]
 
 
 def add_report_options(parser, output) -> None:

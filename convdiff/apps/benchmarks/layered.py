@@ -17,16 +17,14 @@ docs/benchmarks.md with the command, machine and date.
 import argparse
 import datetime
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
 
 from ...registry import create_model
-from .instruments import CpuMeter, count_flops, machine_line
+from .instruments import count_flops, machine_line, time_call
 
 DOC = Path("docs/benchmarks.md")
 
@@ -74,20 +72,6 @@ def cases(batch: int, text_tokens: int):
     ]
 
 
-def median_seconds(fn, warmup: int, iters: int):
-    for _ in range(warmup):
-        fn()
-    times, others = [], []
-    for _ in range(iters):
-        with CpuMeter() as meter:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        others.append(meter.others_cores)
-    known = [o for o in others if o is not None]
-    return statistics.median(times), (statistics.mean(known) if known else None)
-
-
 def measure(name, model, make_inputs, loss_fn, batch, warmup, iters):
     params = sum(p.numel() for p in model.parameters())
     flops, _ = count_flops(model.eval(), make_inputs(1))
@@ -102,12 +86,12 @@ def measure(name, model, make_inputs, loss_fn, batch, warmup, iters):
         with torch.inference_mode():
             model(*inputs)
 
-    train_s, train_load = median_seconds(train_step, warmup, iters)
+    train = time_call(train_step, iters, warmup)
     model.eval()
-    sample_s, sample_load = median_seconds(sample_step, warmup, iters)
-    loads = [x for x in (train_load, sample_load) if x is not None]
-    return dict(name=name, params=params, mflops=flops / 1e6, train_ms=train_s * 1e3, sample_ms=sample_s * 1e3,
-                others=max(loads) if loads else None)
+    sample = time_call(sample_step, iters, warmup)
+    loads = [x for x in (train.others_cores, sample.others_cores) if x is not None]
+    return dict(name=name, params=params, mflops=flops / 1e6, train_ms=train.median * 1e3,
+                sample_ms=sample.median * 1e3, others=max(loads) if loads else None)
 
 
 def large_rows():

@@ -1,6 +1,7 @@
 """The paths a denoiser can run on, for the benchmarks that compare them side by side.
 
-- `nchw`: a conv model (DiC, DiCo) as it ran before it went channels-last: 4-D weights and the input kept NCHW;
+- `nchw`: a conv model (DiC, DiCo) with its 4-D weights and the input kept NCHW, the layout channels-last is
+  measured against;
 - `default`: what `create_model(name)` gives and `model(x, t, y)` runs (DiC / DiCo channels-last inside,
   models/memory_format.py; diffusers' models unchanged);
 - `compiled`: the default path under `torch.compile` (tests/test_compile.py: one graph, no breaks);

@@ -1,4 +1,4 @@
-"""Cost of view-time mixing designs on V x T grids: FLOPs, CPU latency and peak memory (issue 7, deliverable 6).
+"""Cost of view-time mixing designs on V x T grids: FLOPs, CPU latency and peak memory.
 
 Every design is one layer (pre-norm attention with a residual, or a conv) applied to the tokens of a
 (B, C, V, T, H', W') grid, H' x W' = the latent size over the patch size:
@@ -27,7 +27,6 @@ import datetime
 import multiprocessing
 import os
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from ...nn.layouts import (
 )
 from ...nn.spatiotemporal import SyncLayer, TemporalAttention, TemporalConv, ViewAttention
 from ...nn.view_time_attention import FusedViewTimeAttention, kept_fraction, view_time_block_mask
-from .instruments import count, machine_line
+from .instruments import count, machine_line, time_call
 
 DESIGNS = ("full", "sequential", "two-stream", "fused", "per-pixel", "p3d")
 DOC_PATH = Path("docs/benchmarks.md")
@@ -121,15 +120,10 @@ def _measure(design, x, reps, warmup, pipe):
     torch.set_num_threads(1)
     with open("/proc/self/statm") as f:
         base_rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + reps):
-            start = time.perf_counter()
-            design(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        timing = time_call(lambda: design(x), reps, warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    pipe.send((statistics.median(times), max(0, peak - base_rss)))
+    pipe.send((timing.median, max(0, peak - base_rss)))
 
 
 def measure(design: nn.Module, x: torch.Tensor, reps: int, warmup: int):
@@ -152,12 +146,8 @@ def flex_latency(grid: Grid, tokens: int, dim: int, heads: int, reps: int):
         start = time.perf_counter()
         compiled(x, grid)
         compile_s = time.perf_counter() - start
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            compiled(x, grid)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), compile_s
+        timing = time_call(lambda: compiled(x, grid), reps)
+    return timing.median, compile_s
 
 
 def run(args) -> tuple[list, str]:

@@ -1,9 +1,9 @@
 """Training-step speed on MNIST-shaped batches: img/s of forward + backward + AdamW for DiC, DiCo and diffusers'
-UNet2DModel / DiT (~1.7M params each, registry names *-mnist), before and after the layout change, and compiled.
+UNet2DModel / DiT (~1.7M params each, registry names *-mnist), NCHW against channels-last, and compiled.
 
 Paths, measured side by side in one process and alternated round-robin so that load on the machine hits all alike:
-- `nchw`: our conv models as they were before they went channels-last (4-D weights and input NCHW);
-- `default`: what `create_model(name)` gives now (DiC / DiCo channels-last inside; diffusers models unchanged);
+- `nchw`: our conv models with 4-D weights and input kept NCHW (model_paths.py);
+- `default`: what `create_model(name)` gives (DiC / DiCo channels-last inside; diffusers models unchanged);
 - `compiled`: the default path under `torch.compile` (the recipe key `compile: true`), compile time excluded.
 The 2048^3 fp32 matmul rate is measured in the same run. Prints a markdown table and appends it to
 docs/benchmarks.md with the command, machine and date (`--no-write` to skip).

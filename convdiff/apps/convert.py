@@ -35,8 +35,8 @@ def convert_main(argv=None) -> int:
     """`convdiff convert` / `python -m convdiff.convert`: returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..convert.official import convert_official_to_folder
     from ..registry import normalize_name
-    from .official import convert_official_to_folder
 
     overrides = {} if args.sample_size is None else {"sample_size": args.sample_size}
     for item in args.set:

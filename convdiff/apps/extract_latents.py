@@ -34,12 +34,12 @@ def extract_main(argv=None):
     import torch
 
     from ..convert.official import load_vae
-    from .image_folder import ImageFolderDataset
+    from ..data.image_folder import ImageFolderDataset
 
     vae = load_vae(args.vae).eval()  # a local folder only: nothing is fetched from the Hub
     flip = not args.no_flip
     if args.output.endswith(".npz"):
-        from .latents import extract_latents
+        from ..data.latents import extract_latents
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dataset = ImageFolderDataset(args.data, args.resolution, channels=vae.config.in_channels)
@@ -48,7 +48,7 @@ def extract_main(argv=None):
     else:
         from accelerate import PartialState
 
-        from .shard_extraction import extract_shards
+        from ..data.shard_extraction import extract_shards
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 

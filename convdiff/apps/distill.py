@@ -1,6 +1,6 @@
 """`convdiff distill --config configs/distill-*.yaml [--resume latest] [key=value ...]`
 
-Runs the accelerate training loop with the `distill` task (task.py): the recipe names the teacher pipeline
+Runs the accelerate training loop with the `distill` task (distill/task.py): the recipe names the teacher pipeline
 folder and the student type in `task_options`. Run it under `accelerate launch` for several processes.
 """
 
