@@ -232,10 +232,26 @@ def mean_of_known(values) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-def round_robin(calls: dict, rounds: int, repeats: int = 1, warmup: int = 0) -> dict:
+def elapsed(call, device: str = "cpu") -> float:
+    """Seconds one call takes: the wall clock on the CPU; on a GPU, CUDA events recorded around it after a
+    synchronisation (a kernel launch returns before the kernel has run, so a wall clock alone times launches)."""
+    if device == "cpu":
+        tick = time.perf_counter()
+        call()
+        return time.perf_counter() - tick
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    call()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000.0
+
+
+def round_robin(calls: dict, rounds: int, repeats: int = 1, warmup: int = 0, device: str = "cpu") -> dict:
     """{key: Timing} of every `calls[key]()`: each round times each key once (`repeats` calls, averaged), in
     turn, so load from other processes falls on all keys alike rather than on whichever ran during a burst.
-    First each key gets `warmup` untimed calls, key after key."""
+    First each key gets `warmup` untimed calls, key after key. `device`: what `elapsed` times on."""
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -243,18 +259,15 @@ def round_robin(calls: dict, rounds: int, repeats: int = 1, warmup: int = 0) -> 
     for _ in range(rounds):
         for key, call in calls.items():
             with CpuMeter() as meter:
-                tick = time.perf_counter()
-                for _ in range(repeats):
-                    call()
-                seconds = (time.perf_counter() - tick) / repeats
+                seconds = sum(elapsed(call, device) for _ in range(repeats)) / repeats
             timings[key].seconds.append(seconds)
             timings[key].others.append(meter.others_cores)
     return timings
 
 
-def time_call(call, iters: int, warmup: int = 0) -> Timing:
+def time_call(call, iters: int, warmup: int = 0, device: str = "cpu") -> Timing:
     """`round_robin` of one call: `warmup` untimed calls, then `iters` timed ones."""
-    return round_robin({None: call}, iters, warmup=warmup)[None]
+    return round_robin({None: call}, iters, warmup=warmup, device=device)[None]
 
 
 def add_report_options(parser, output) -> None:

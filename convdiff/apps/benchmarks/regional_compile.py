@@ -27,7 +27,7 @@ import torch
 from torch._inductor.utils import fresh_inductor_cache
 
 from ...registry import create_model
-from .instruments import add_report_options, append_section, machine_line, measure_matmul_peak, round_robin
+from .instruments import add_report_options, append_section, elapsed, machine_line, measure_matmul_peak, round_robin
 
 # DiC: 10 blocks of 5 shapes (a U-shape); DiffiT: identical blocks, the case diffusers' regional compile was made for
 MODELS = ["dic-tiny", "diffit-tiny"]
@@ -62,9 +62,7 @@ def on_path(name: str, path: str, batch: int, eager_seconds: float):
             model.compile(fullgraph=True)
         else:
             model.compile_repeated_blocks(fullgraph=True)
-        tick = time.perf_counter()
-        call()
-        seconds = time.perf_counter() - tick - eager_seconds
+        seconds = elapsed(call) - eager_seconds
     return call, seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
 
 
@@ -87,9 +85,7 @@ def main(argv=None) -> int:
     for name in args.models:
         eager_call, _, _ = on_path(name, "eager", args.batch, 0.0)
         eager_call()  # warm-up
-        tick = time.perf_counter()
-        eager_call()
-        eager_seconds = time.perf_counter() - tick
+        eager_seconds = elapsed(eager_call)
         for path in PATHS:
             call, seconds, count = on_path(name, path, args.batch, eager_seconds)
             call()  # one more call at a new timestep: it must find the graphs compiled

@@ -17,8 +17,8 @@ This benchmark measures that edge on one machine, in one run:
   conv, attention, and the rest: norms, modulations, elementwise) against the arithmetic floor of its MACs at the
   matmul rate measured in the same run.
 
-On a GPU (`--device cuda`) each call is timed with CUDA events after a synchronisation, and the TF32 and autocast
-settings of the run are recorded with the figures. `scripts/gpu_bench.sh` is the prepared GPU run.
+On a GPU (`--device cuda`) each call is timed with CUDA events after a synchronisation (`instruments.elapsed`), and
+the TF32 and autocast settings of the run are recorded with the figures. `scripts/gpu_bench.sh` is the prepared GPU run.
 Writes a markdown section (docs/benchmarks.md) and two PNG plots (time per image against pixels, log-log, with the
 MAC-parity lines; the efficiency gap).
 """
@@ -67,29 +67,6 @@ class Cell:
 
 
 # ------------------------------------------------------------------------------------------------ devices
-
-class Clock:
-    """Times one call: wall clock on the CPU; CUDA events after a synchronisation on a GPU (a kernel launch
-    returns before the kernel has run, so a wall clock alone times the launches)."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def __call__(self, call) -> float:
-        import torch
-
-        if self.device == "cpu":
-            tick = time.perf_counter()
-            call()
-            return time.perf_counter() - tick
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000.0
-
 
 class PeakMemory:
     """The largest rise of memory in use during a block: resident memory sampled every 2 ms on the CPU
@@ -168,16 +145,16 @@ def matmul_rate(device: str, precision: str) -> float:
     """Best GFLOP/s of an n x n matmul (n up to 4096 on a GPU), in the run's precision."""
     import torch
 
-    from .instruments import measure_matmul_peak
+    from .instruments import measure_matmul_peak, time_call
 
     if device == "cpu":
         return measure_matmul_peak("bf16" if precision == "bf16" else "fp32")
-    clock, best = Clock(device), 0.0
+    best = 0.0
     with torch.inference_mode(), autocast(device, precision):
         for n in (1024, 2048, 4096):
             a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-            a @ b
-            best = max(best, 2 * n ** 3 / min(clock(lambda: a @ b) for _ in range(5)) / 1e9)
+            fastest = min(time_call(lambda: a @ b, 5, warmup=1, device=device).seconds)
+            best = max(best, 2 * n ** 3 / fastest / 1e9)
     return best
 
 
@@ -268,9 +245,9 @@ def macs_by_kind(model, inputs, device: str, precision: str) -> dict:
 
 def measure(args, log=print) -> tuple[list, float]:
     """{(model, pixels): Cell} for every model and resolution, and the matmul rate of this run."""
-    from .instruments import round_robin
+    from .instruments import round_robin, time_call
 
-    clock, memory = Clock(args.device), PeakMemory(args.device)
+    memory = PeakMemory(args.device)
     rate = matmul_rate(args.device, args.precision)
     log(f"matmul rate {rate:.0f} GFLOP/s ({args.precision}, {args.device})")
     models = run_models(args)
@@ -287,7 +264,7 @@ def measure(args, log=print) -> tuple[list, float]:
             if args.profile:
                 cell.kind_seconds = {k: v / args.batch for k, v in profile_kinds(call, args.device).items()}
             resident[name] = (model, call)
-        timed = round_robin({name: (lambda c=c: clock(c)) for name, (_, c) in resident.items()}, args.rounds)
+        timed = round_robin({name: call for name, (_, call) in resident.items()}, args.rounds, device=args.device)
         for name in models:
             cells[(name, pixels)].forward = [seconds / args.batch for seconds in timed[name].seconds]
             log(f"  forward {name:10s} {cells[(name, pixels)].median(cells[(name, pixels)].forward):8.3f} s/image")
@@ -303,7 +280,7 @@ def measure(args, log=print) -> tuple[list, float]:
                         cell.train_bytes = memory.measure(call) // args.batch  # the warm-up step
                     else:
                         call()
-                    cell.train.append(clock(call) / args.batch)
+                    cell.train.append(time_call(call, 1, device=args.device).seconds[0] / args.batch)
                     del model, call
                     gc.collect()
             for name in models:
