@@ -430,6 +430,22 @@ def test_a_distill_teacher_folder_is_vetted_before_diffusers_loads_it(payload):
         make_distill_task(load_config(None, ["task=distill", f"task_options.teacher={folder}"]))
 
 
+@pytest.mark.parametrize("changes,match", [(dict(hidden_size=10**9), "above the size limit"),
+                                           (dict(hidden_size=-4), "hidden_size must be an integer >= 1, got -4")])
+def test_a_model_folder_loaded_on_its_own_is_bounded(tmp_path, changes, match):
+    """Model.from_pretrained(folder) checks the folder's config.json before diffusers builds anything from it."""
+    from convdiff.models import DiCModel
+
+    tiny_base().save_pretrained(tmp_path / "model")
+    edit_json(tmp_path / "model" / "config.json", **changes)
+    with pytest.raises(ValueError, match=match):
+        DiCModel.from_pretrained(tmp_path / "model")
+    ClassConditionalPipeline(tiny_base(), DDIMScheduler()).save_pretrained(tmp_path / "pipe")
+    edit_json(tmp_path / "pipe" / "transformer" / "config.json", **changes)
+    with pytest.raises(ValueError, match=match):
+        DiCModel.from_pretrained(tmp_path / "pipe", subfolder="transformer")
+
+
 def test_a_converted_model_folder_is_bounded(tmp_path):
     from convdiff.distill.io import load_converted
 

@@ -126,5 +126,6 @@ def demo_main(argv=None):
         add_evaluation(pipeline_dir, [f"- FID vs held-out MNIST digits: {scores.fid.fid:.2f}",
                                       f"- class accuracy (independent digit classifier): {scores.accuracy:.1%}",
                                       f"- protocol: {scores.protocol}",
-                                      f"- command: convdiff mnist-demo --config {args.config}"])
+                                      "- command: convdiff mnist-demo" + ("" if args.config == str(DEFAULT_RECIPE)
+                                                                          else f" --config {args.config}")])
     return 0

@@ -15,8 +15,11 @@ import inspect
 import math
 import os
 import re
+from pathlib import Path
 
 import torch
+
+from ..files import read_json
 
 MAX_PARAMS_ENV = "CONVDIFF_MAX_PARAMS"
 DEFAULT_MAX_PARAMS = 2_000_000_000
@@ -143,3 +146,11 @@ def check_saved_config(cls, config: dict, source: str) -> None:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     kept = {k: v for k, v in config.items() if not k.startswith("_") and (takes_any or k in parameters)}
     check_model_config(cls, kept, source)
+
+
+def check_folder_config(cls, folder, subfolder=None) -> None:
+    """A local model folder's config.json (`folder/subfolder/config.json`), bounded like any config from a file,
+    before diffusers' `from_pretrained` builds anything from it. A Hub id is left to diffusers' own checks."""
+    path = Path(folder, subfolder or "", "config.json")
+    if path.is_file():
+        check_saved_config(cls, read_json(path), str(path))

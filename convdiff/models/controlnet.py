@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .class_paths import class_path, import_class
-from .config_bounds import check_model_config
+from .config_bounds import check_folder_config, check_model_config
 from .memory_format import restore_layout
 from .regional_compile import RegionalCompileMixin
 from .video_control import condition_frames
@@ -152,8 +152,9 @@ class ControlNet(RegionalCompileMixin, ModelMixin, ConfigMixin):
         self.controlnet_mid_block = zero_conv(points.mid[0], points.mid[0])
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        return restore_layout(super().from_pretrained(*args, **kwargs))
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_folder_config(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))  # config_bounds.py
+        return restore_layout(super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs))
 
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func=torch.utils.checkpoint.checkpoint) -> None:

@@ -18,6 +18,8 @@ import itertools
 
 import torch
 
+from .config_bounds import check_folder_config
+
 
 def _contiguous_state(module, state_dict, prefix, local_metadata):
     for key, value in state_dict.items():
@@ -32,8 +34,10 @@ class ExactReloadMixin:
     one that was saved (`restore_layout`)."""
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        return restore_layout(super().from_pretrained(*args, **kwargs))
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' loader, after a local folder's config.json passes the size bounds (config_bounds.py)."""
+        check_folder_config(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
+        return restore_layout(super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs))
 
 
 class ChannelsLastMixin(ExactReloadMixin):

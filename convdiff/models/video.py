@@ -31,7 +31,7 @@ from ..nn.inputs import broadcast_timesteps
 from ..nn.layouts import Grid, frames_to_grid, grid_to_frames, grid_to_video, video_to_grid
 from ..nn.spatiotemporal import GridContext
 from .class_paths import class_path
-from .config_bounds import check_model_config
+from .config_bounds import check_folder_config, check_model_config
 # The surgery's names stay importable from here (convdiff.models.video.plan_inflation, ...).
 from .inflation import (  # noqa: F401
     DIFFUSERS_BLOCKS,
@@ -130,8 +130,9 @@ class _InflatedModel(InflatedControlMixin, RegionalCompileMixin, ModelMixin, Con
                 own[new].copy_(state_dict[old])
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = restore_layout(super().from_pretrained(*args, **kwargs))
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_folder_config(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))  # config_bounds.py
+        model = restore_layout(super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs))
         model.freeze_spatial_layers(model.config.freeze_spatial)  # loading rebuilds the parameters
         return model
 
