@@ -9,7 +9,7 @@ This benchmark measures that edge on one machine, in one run:
 - forward (inference) and training step (forward + backward + AdamW) per image, the models alternated round by
   round so a change of load falls on all of them (one model resident at a time for the training steps);
 - peak memory per image: the largest rise of the process's resident memory (CPU) or of
-  `torch.cuda.max_memory_allocated` (GPU) during one call;
+  `torch.cuda.max_memory_allocated` (GPU) during one call, measured after every timing (PeakMemory);
 - each model's MACs at each resolution, counted on its warm-up call (`instruments.analytic_macs`). A conv model's
   **MAC-parity ratio** against DiT is DiT's MACs / its MACs: the speed ratio it reaches if it runs as many MACs per
   second as DiT does. Its measured ratio over that is its efficiency relative to DiT;
@@ -70,10 +70,27 @@ class Cell:
 
 class PeakMemory:
     """The largest rise of memory in use during a block: resident memory sampled every 2 ms on the CPU
-    (/proc/self/statm), `torch.cuda.max_memory_allocated` on a GPU."""
+    (/proc/self/statm), `torch.cuda.max_memory_allocated` on a GPU.
+
+    On the CPU, glibc's malloc keeps freed heap memory for reuse, so a call could run in memory an earlier call
+    freed and show no rise at all. The first measurement tells glibc to serve every allocation of 64 KiB or more
+    from its own mapping, which free() returns to the system at once, so the resident size follows the tensors
+    alive. Mapping every tensor slows calls down, so `measure` runs after every timing of the run.
+    """
+
+    M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
     def __init__(self, device: str):
         self.device = device
+        self.libc = None
+        if device == "cpu":
+            import ctypes
+            import ctypes.util
+
+            self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
+            if not hasattr(self.libc, "mallopt"):
+                raise SystemExit("convdiff bench-resolution: error: no glibc mallopt, so peak memory on this CPU "
+                                 "would be read from reused heap memory; run on glibc Linux.")
 
     @staticmethod
     def _resident() -> int:
@@ -91,6 +108,8 @@ class PeakMemory:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - before
         gc.collect()
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, 64 * 1024)
+        self.libc.malloc_trim(0)
         before, peak, done = self._resident(), [0], threading.Event()
 
         def sample():
@@ -260,11 +279,11 @@ def measure(args, log=print) -> tuple[list, float]:
             cell = cells[(name, pixels)] = Cell(name, pixels)
             cell.macs = macs_by_kind(model, inputs, args.device, args.precision)  # also the warm-up call
             call = forward_call(model, inputs, args.device, args.precision, args.batch)
-            cell.forward_bytes = memory.measure(call) // args.batch
             if args.profile:
                 cell.kind_seconds = {k: v / args.batch for k, v in profile_kinds(call, args.device).items()}
             resident[name] = (model, call)
-        timed = round_robin({name: call for name, (_, call) in resident.items()}, args.rounds, device=args.device)
+        timed = round_robin({name: call for name, (_, call) in resident.items()}, args.rounds, warmup=1,
+                            device=args.device)
         for name in models:
             cells[(name, pixels)].forward = [seconds / args.batch for seconds in timed[name].seconds]
             log(f"  forward {name:10s} {cells[(name, pixels)].median(cells[(name, pixels)].forward):8.3f} s/image")
@@ -276,15 +295,24 @@ def measure(args, log=print) -> tuple[list, float]:
                     model, inputs = build(name, pixels, args.device, train=True)
                     call = train_call(model, inputs, args.device, args.precision, args.batch)
                     cell = cells[(name, pixels)]
-                    if not cell.train_bytes:
-                        cell.train_bytes = memory.measure(call) // args.batch  # the warm-up step
-                    else:
-                        call()
-                    cell.train.append(time_call(call, 1, device=args.device).seconds[0] / args.batch)
+                    cell.train.append(time_call(call, 1, warmup=1, device=args.device).seconds[0] / args.batch)
                     del model, call
                     gc.collect()
             for name in models:
                 log(f"  train   {name:10s} {Cell.median(cells[(name, pixels)].train):8.3f} s/image")
+    for pixels in args.resolutions:  # memory last: measuring it changes how the allocator serves later calls
+        for name in models:
+            cell = cells[(name, pixels)]
+            model, inputs = build(name, pixels, args.device, train=False)
+            cell.forward_bytes = memory.measure(forward_call(model, inputs, args.device, args.precision,
+                                                             args.batch)) // args.batch
+            if args.train_rounds:
+                model, inputs = build(name, pixels, args.device, train=True)
+                step = train_call(model, inputs, args.device, args.precision, args.batch)
+                cell.train_bytes = memory.measure(step) // args.batch
+            del model, inputs
+            gc.collect()
+            log(f"  memory  {name:10s} {pixels} px: {cell.forward_bytes / 2**20:.0f} / {cell.train_bytes / 2**20:.0f} MB")
     return cells, rate
 
 
@@ -348,12 +376,14 @@ def plot(cells: dict, resolutions, models, pairs_: list, rate: float, folder: Pa
     paths = []
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     pixels = [p * p for p in resolutions]
+    colors = {}
     for name in models:
-        ax.plot(pixels, [Cell.median(cells[(name, p)].forward) for p in resolutions], "o-", label=name)
+        line, = ax.plot(pixels, [Cell.median(cells[(name, p)].forward) for p in resolutions], "o-", label=name)
+        colors[name] = line.get_color()
     for name, base in pairs_:  # the conv model at the transformer's MACs per second
         parity = [Cell.median(cells[(base, p)].forward) * cells[(name, p)].total_macs / cells[(base, p)].total_macs
                   for p in resolutions]
-        ax.plot(pixels, parity, ":", label=f"{name} at {base}'s MAC rate")
+        ax.plot(pixels, parity, ":", color=colors[name], label=f"{name} at {base}'s MACs per second")
     ax.set_xscale("log"), ax.set_yscale("log")
     ax.set_xlabel("pixels per image"), ax.set_ylabel("forward seconds per image")
     ax.set_title("cost against resolution")
