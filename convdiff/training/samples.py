@@ -42,7 +42,7 @@ def save_sample_grid(pipeline, config, path):
     scheduler = pipeline.scheduler
     grid = sample_grid(pipeline, num_classes, config.sample_num_inference_steps, config.sample_scheduler,
                        config.sample_guidance_scale, config.seed)
-    pipeline.scheduler = scheduler  # keep the training scheduler in what gets saved
+    pipeline.scheduler = scheduler  # the pipeline keeps its own sampler (saved with it, and its default call)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

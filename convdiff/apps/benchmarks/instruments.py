@@ -286,9 +286,11 @@ def append_section(section: str, path) -> None:
         f.write("\n" + section)
 
 
-def autocast_context(precision: str):
+def autocast_context(precision: str, device: str = "cpu"):
+    """No autocast for fp32; bf16 (any device) or fp16 (a GPU) autocast otherwise."""
     if precision == "fp32":
         return nullcontext()
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    raise ValueError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "bf16" or (precision == "fp16" and device != "cpu"):
+        return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    raise ValueError(f"Unknown precision {precision!r} on {device}: use one of {', '.join(PRECISIONS)} "
+                     "(fp16 on a GPU).")

@@ -20,7 +20,6 @@ import itertools
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch

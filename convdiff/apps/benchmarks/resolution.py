@@ -62,6 +62,7 @@ class Cell:
 
     @staticmethod
     def median(values) -> float:
+        """The upper median (with two rounds: the slower one), a value that was measured."""
         ordered = sorted(values)
         return ordered[len(ordered) // 2] if ordered else float("nan")
 
@@ -150,26 +151,16 @@ def settings_line(device: str, precision: str) -> str:
     return "; ".join(parts + [f"torch {torch.__version__}"])
 
 
-def autocast(device: str, precision: str):
-    import contextlib
-
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def matmul_rate(device: str, precision: str) -> float:
     """Best GFLOP/s of an n x n matmul (n up to 4096 on a GPU), in the run's precision."""
     import torch
 
-    from .instruments import measure_matmul_peak, time_call
+    from .instruments import autocast_context, measure_matmul_peak, time_call
 
     if device == "cpu":
         return measure_matmul_peak("bf16" if precision == "bf16" else "fp32")
     best = 0.0
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), autocast_context(precision, device):
         for n in (1024, 2048, 4096):
             a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
             fastest = min(time_call(lambda: a @ b, 5, warmup=1, device=device).seconds)
@@ -179,8 +170,8 @@ def matmul_rate(device: str, precision: str) -> float:
 
 # ------------------------------------------------------------------------------------------------ calls
 
-def build(name: str, pixels: int, device: str, train: bool):
-    """A seeded registry model for `pixels`-px images (latents of pixels / 8), and its example inputs."""
+def build(name: str, pixels: int, device: str, train: bool, batch: int):
+    """A seeded registry model for `pixels`-px images (latents of pixels / 8), and `batch` example inputs."""
     import torch
 
     from ...registry import create_model
@@ -188,34 +179,33 @@ def build(name: str, pixels: int, device: str, train: bool):
 
     torch.manual_seed(0)
     model = create_model(name, sample_size=pixels // VAE_STRIDE).to(device).train(train)
-    return model, tuple(t.to(device) for t in example_inputs(model, 1))
+    return model, tuple(t.to(device) for t in example_inputs(model, batch))
 
 
-def forward_call(model, inputs, device: str, precision: str, batch: int):
-    import torch
+def forward_call(model, inputs, device: str, precision: str):
+    """One inference forward (paths.inference) under the run's autocast."""
+    from .instruments import autocast_context
+    from .paths import inference
 
-    inputs = tuple(t.expand(batch, *t.shape[1:]).contiguous() for t in inputs)
+    run = inference(model, inputs)
 
-    def run():
-        with torch.inference_mode(), autocast(device, precision):
-            model(*inputs)
-    return run
+    def call():
+        with autocast_context(precision, device):
+            run()
+    return call
 
 
-def train_call(model, inputs, device: str, precision: str, batch: int):
-    import torch
+def train_call(model, inputs, device: str, precision: str):
+    """One training step (model_paths.train_step: forward, backward, AdamW) under the run's autocast."""
+    from .instruments import autocast_context
+    from .model_paths import train_step
 
-    inputs = tuple(t.expand(batch, *t.shape[1:]).contiguous() for t in inputs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, t, y = inputs
+    step = train_step(model, "default", inputs)
 
-    def run():
-        with autocast(device, precision):
-            out = model(x, t, class_labels=y).sample
-        out.float().square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return run
+    def call():
+        with autocast_context(precision, device):
+            step()
+    return call
 
 
 def kind_of(event) -> str:
@@ -252,9 +242,9 @@ def macs_by_kind(model, inputs, device: str, precision: str) -> dict:
     """MACs of one forward, grouped as the efficiency gap groups time (dense = convs + linears)."""
     import torch
 
-    from .instruments import analytic_macs
+    from .instruments import analytic_macs, autocast_context
 
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), autocast_context(precision, device):
         counted = analytic_macs(model, inputs)
     return {"dense": counted["conv"] + counted["linear"], "depthwise conv": counted["depthwise/grouped conv"],
             "attention": counted["attention"], "other": 0}
@@ -275,10 +265,10 @@ def measure(args, log=print) -> tuple[list, float]:
         log(f"{pixels} px images ({pixels // VAE_STRIDE} px latents)")
         resident = {}
         for name in models:  # forward: all models side by side, alternated
-            model, inputs = build(name, pixels, args.device, train=False)
+            model, inputs = build(name, pixels, args.device, train=False, batch=args.batch)
             cell = cells[(name, pixels)] = Cell(name, pixels)
             cell.macs = macs_by_kind(model, inputs, args.device, args.precision)  # also the warm-up call
-            call = forward_call(model, inputs, args.device, args.precision, args.batch)
+            call = forward_call(model, inputs, args.device, args.precision)
             if args.profile:
                 cell.kind_seconds = {k: v / args.batch for k, v in profile_kinds(call, args.device).items()}
             resident[name] = (model, call)
@@ -292,8 +282,8 @@ def measure(args, log=print) -> tuple[list, float]:
         if args.train_rounds:
             for _ in range(args.train_rounds):  # training: one model resident at a time, in turn
                 for name in models:
-                    model, inputs = build(name, pixels, args.device, train=True)
-                    call = train_call(model, inputs, args.device, args.precision, args.batch)
+                    model, inputs = build(name, pixels, args.device, train=True, batch=args.batch)
+                    call = train_call(model, inputs, args.device, args.precision)
                     cell = cells[(name, pixels)]
                     cell.train.append(time_call(call, 1, warmup=1, device=args.device).seconds[0] / args.batch)
                     del model, call
@@ -303,12 +293,11 @@ def measure(args, log=print) -> tuple[list, float]:
     for pixels in args.resolutions:  # memory last: measuring it changes how the allocator serves later calls
         for name in models:
             cell = cells[(name, pixels)]
-            model, inputs = build(name, pixels, args.device, train=False)
-            cell.forward_bytes = memory.measure(forward_call(model, inputs, args.device, args.precision,
-                                                             args.batch)) // args.batch
+            model, inputs = build(name, pixels, args.device, train=False, batch=args.batch)
+            cell.forward_bytes = memory.measure(forward_call(model, inputs, args.device, args.precision)) // args.batch
             if args.train_rounds:
-                model, inputs = build(name, pixels, args.device, train=True)
-                step = train_call(model, inputs, args.device, args.precision, args.batch)
+                model, inputs = build(name, pixels, args.device, train=True, batch=args.batch)
+                step = train_call(model, inputs, args.device, args.precision)
                 cell.train_bytes = memory.measure(step) // args.batch
             del model, inputs
             gc.collect()
