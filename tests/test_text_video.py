@@ -1,14 +1,18 @@
 """Text-conditioned video and 4D: the zero-initialised text embedding, prompts and guidance in the pipelines,
 directed moving digits, and the video task with `conditioning: text`."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from transformers import CLIPTextModel
 
 from convdiff.data.moving_digits import DIRECTIONS, MovingDigits
 from convdiff.models.video import inflate
 from convdiff.nn.camera import FrameConditionEmbedding
+from convdiff.nn.layouts import Grid
 from convdiff.pipelines import ClassConditionalPipeline
 from convdiff.pipelines.text_encoders import encode_pooled, tiny_text_encoder
 from convdiff.pipelines.video import FourDPipeline, VideoPipeline
@@ -78,6 +82,60 @@ def test_text_video_model_equals_the_image_model_per_frame_at_init():
     plain = inflate(base, to="video", max_frames=4)
     with pytest.raises(ValueError, match="no text conditioning"):
         plain(x, t, class_labels=y, text_embeds=torch.randn(2, TEXT_DIM))
+
+
+def test_text_in_the_temporal_attention_starts_silent_then_decides_how_frames_relate(tmp_path):
+    base = tiny_base(conditioned=True).eval()  # eval: no random label dropout in the per-frame reference
+    model = inflate(base, to="video", max_frames=4, text_dim=TEXT_DIM, temporal_text=True).eval()
+    layers = [m for m in model.modules() if getattr(m, "takes_text", False)]
+    assert layers and all(layer.text_modulation.in_features == TEXT_DIM for layer in layers)
+    x, t, y = torch.randn(2, 1, 3, 8, 8), torch.tensor([500, 200]), torch.tensor([1, 2])
+    first, second = torch.randn(2, TEXT_DIM), torch.randn(2, TEXT_DIM)
+    with torch.no_grad():
+        at_init = model(x, t, class_labels=y, text_embeds=first).sample
+        per_frame = torch.stack([base(x[:, :, f], t, class_labels=y).sample for f in range(3)], dim=2)
+        torch.testing.assert_close(at_init, per_frame)  # identity at init, text and all
+        torch.manual_seed(2)  # as if trained: the attention outputs, then the text modulation, move
+        for layer in layers:
+            layer.attn.proj.weight.normal_(0, 0.2)
+        silent = model(x, t, class_labels=y, text_embeds=first).sample
+        torch.testing.assert_close(silent, model(x, t, class_labels=y, text_embeds=second).sample)
+        for layer in layers:
+            layer.text_modulation.weight.normal_(0, 0.5)
+        one, other = (model(x, t, class_labels=y, text_embeds=e).sample for e in (first, second))
+    assert not torch.allclose(one, other)  # only the temporal layers read the text: the prompt changes the motion
+    model.save_pretrained(tmp_path / "model")
+    loaded = type(model).from_pretrained(tmp_path / "model").eval()
+    assert loaded.config.temporal_text is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, class_labels=y, text_embeds=first).sample, one)
+    with pytest.raises(ValueError, match="temporal_text conditions temporal attention on the text: it needs text_dim"):
+        inflate(base, to="video", temporal_text=True)
+    with pytest.raises(ValueError, match="pass per-frame text embeddings of shape"):
+        layers[0](torch.randn(6, 4, layers[0].norm.normalized_shape[0]), Grid(2, 1, 3))
+
+
+def test_caption_encoder_pretraining_is_deterministic_and_learns_to_match_clips_and_captions():
+    from convdiff.training.caption_encoder import caption_separation, pretrain_caption_encoder
+
+    data = MovingDigits("train", num_frames=4, length=64, motion="directed", seed=0)
+    captions = [f"a digit {d} moving {m}" for d in range(10) for m in DIRECTIONS]
+    index = lambda label, direction: 4 * int(label) + int(direction)  # noqa: E731
+    runs = []
+    for _ in range(2):
+        tokenizer, text_encoder = tiny_text_encoder(hidden_size=TEXT_DIM)
+        report = pretrain_caption_encoder(tokenizer, text_encoder, data, index, captions, steps=40, batch_size=8,
+                                          heldout=MovingDigits("heldout", num_frames=4, length=8,
+                                                                                  motion="directed", seed=1))
+        runs.append((report, text_encoder.state_dict()))
+        assert not any(p.requires_grad for p in text_encoder.parameters()) and not text_encoder.training
+    (report, weights), (again, repeated) = runs
+    assert report == again and all(torch.equal(v, repeated[k]) for k, v in weights.items())
+    # the contrastive loss falls (separation comes later: a full run takes the captions' mean cosine similarity
+    # from about 0.9 to about 0, docs/video.md); the report reads the encoder it returns
+    assert report["loss_end"] < report["loss_start"] <= 1.05 * np.log(len(captions))
+    assert report["caption_cosine_after"] == pytest.approx(caption_separation(tokenizer, text_encoder, captions))
+    assert 0.0 <= report["heldout_retrieval"] <= 1.0 and report["steps"] == 40
 
 
 def test_prompts_steer_the_video_and_guidance_uses_the_negative_prompt(encoder):
@@ -181,11 +239,18 @@ def test_video_task_with_text_trains_the_text_layers_and_saves_a_prompted_pipeli
                         **dict(TINY, sample_size=28))
     ClassConditionalPipeline(base, FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "base")
     overrides = [f"task_options.base={tmp_path / 'base'}", "task_options.num_frames=3", "task_options.length=8",
-                 "task_options.sample_videos=2", "task_options.text_hidden_size=16", "train_batch_size=2",
+                 "task_options.sample_videos=2", "task_options.text_hidden_size=16", "task_options.text_encoder_steps=3",
+                 "train_batch_size=2",
                  "max_train_steps=2", "sample_num_inference_steps=1", "report_to=null", "checkpointing_steps=0"]
     config = load_config("configs/text-video-moving-digits.yaml", overrides + [f"output_dir={tmp_path / 'run'}"])
     loaded = VideoPipeline.from_pretrained(train(config))
     assert loaded.transformer.config.text_dim == 16 and loaded.text_encoder is not None
+    assert loaded.transformer.config.temporal_text  # the recipe's text reaches the temporal attention too
+    # the contrastively pretrained caption encoder is kept for resumes, and it is the one the pipeline ships
+    report = json.loads((tmp_path / "run" / "caption_encoder" / "report.json").read_text())
+    assert report["steps"] == 3
+    kept = CLIPTextModel.from_pretrained(tmp_path / "run" / "caption_encoder" / "text_encoder")
+    assert all(torch.equal(v, loaded.text_encoder.state_dict()[k]) for k, v in kept.state_dict().items())
     assert_saved_as_recipe(tmp_path / "run" / "pipeline", config, "FlowMatchEulerDiscreteScheduler")
     fresh = inflate(base, to="video", max_frames=16, text_dim=16).state_dict()
     trained = loaded.transformer.state_dict()
@@ -226,7 +291,9 @@ def test_text_video_evaluation_scores_real_clips_at_the_ceiling(encoder):
     real = metrics["real directed clips (held out)"]
     assert real["direction_accuracy"] == 1.0 and real["digit_accuracy_videos"] >= 0.9
     assert samples["trained"].shape == (40, 4, 28, 28, 1)
-    assert set(metrics["trained"]) == {"digit_accuracy_frames", "digit_accuracy_videos", "direction_accuracy", "both_right"}
+    assert set(metrics["trained"]) == {"digit_accuracy_frames", "digit_accuracy_videos", "one_digit_videos",
+                                       "asked_digit_every_frame", "frames_as_first_frame", "direction_accuracy",
+                                       "both_right"}
 
 
 def test_video_metrics_add_frame_fid_against_moving_clips(monkeypatch):

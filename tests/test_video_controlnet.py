@@ -210,3 +210,54 @@ def test_video_controlnet_gradient_checkpointing_gives_the_same_gradients():
     assert len(plain) == len(checkpointed) > 0
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b)
+
+
+# ---- training: task controlnet on a video base ---------------------------------------------------------------
+def test_controlnet_task_on_a_video_base_trains_a_per_frame_edge_controlnet(tmp_path, monkeypatch):
+    """`task: controlnet` with a VideoPipeline base: clips as data, one Canny map per frame as the condition,
+    the video model frozen, a VideoControlNetPipeline saved."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from convdiff.data import moving_digits
+    from convdiff.training.config import load_config
+    from convdiff.training.controlnet_task import ControlNetTask
+    from convdiff.training.loop import train
+
+    def blob_digits(split="train"):
+        images = np.zeros((10, 28, 28), np.uint8)
+        images[:, 8:20, 10:18] = 255
+        return images, np.arange(10)
+
+    monkeypatch.setattr(moving_digits, "mnist_digits", blob_digits)
+    torch.manual_seed(0)
+    base = create_model("dic-tiny", in_channels=1, num_classes=10, learn_sigma=False, prediction_type="flow",
+                        hidden_size=8, depth=[1, 1, 1, 1, 1], sample_size=28)
+    video = inflate(base, to="video", max_frames=4).eval()
+    VideoPipeline(video, FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "base")
+    overrides = [f"task_options.base={tmp_path / 'base'}", "task_options.num_frames=3", "task_options.length=8",
+                 "task_options.preview_count=2", "task_options.conditioning_embedding_channels=[8,8]",
+                 "train_batch_size=2", "max_train_steps=2", "sample_num_inference_steps=1", "report_to=null",
+                 "checkpointing_steps=0", f"output_dir={tmp_path / 'run'}"]
+    config = load_config("configs/controlnet-video-dic-mnist.yaml", overrides)
+    task = ControlNetTask(config)
+    clips = task.build_dataset()
+    assert task.video and clips.sample_shape == (1, 3, 28, 28)
+    task.build_model(clips)
+    x0 = torch.stack([clips[0][0], clips[1][0]])
+    condition = task.condition(x0)
+    assert condition.shape == (2, 1, 3, 28, 28)  # one edge map per frame, each the map of its own frame
+    torch.testing.assert_close(condition[:, :, 1], task.condition(x0[:, :, 1]))
+    pipe = VideoControlNetPipeline.from_pretrained(train(config))
+    assert any("temporal" in name for name, _ in pipe.controlnet.named_parameters())  # the copy sees the clip
+    trained = load_state(tmp_path / "run" / "pipeline" / "transformer")
+    assert all(torch.equal(v, video.state_dict()[k]) for k, v in trained.items())  # the video model stayed frozen
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(condition[:1], class_labels=[3], num_inference_steps=1, output_type="np").frames
+    assert frames.shape == (1, 3, 28, 28, 1)
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
+
+
+def load_state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "diffusion_pytorch_model.safetensors")

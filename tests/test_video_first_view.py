@@ -71,7 +71,8 @@ class Spy(torch.nn.Module):
 
 @pytest.mark.parametrize("objective", ["flow", "epsilon"])
 def test_first_view_is_given_clean_and_left_out_of_the_loss(tmp_path, objective):
-    task, model, dataset = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=1.0")
+    task, model, dataset = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=1.0",
+                                     "task_options.given_cells=first_view")
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
     x0 = batch["video"]
     spy = Spy(torch.randn_like(x0))
@@ -84,9 +85,55 @@ def test_first_view_is_given_clean_and_left_out_of_the_loss(tmp_path, objective)
     grad = spy.out.grad
     assert torch.count_nonzero(grad[:, :, 0]) == 0 and torch.count_nonzero(grad[:, :, 1]) == grad[:, :, 1].numel()
     # the same noise and timesteps without conditioning: the loss also covers view 0, which it did not above
-    plain, _, _ = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=0")
+    plain, _, _ = make_task(tmp_path, f"objective={objective}", "task_options.first_view_prob=0",
+                            "task_options.given_cells=first_view")
     full = plain.loss(spy, batch, Draws(torch.Generator().manual_seed(0), 2, slice(0, 2)))
     assert "known_cells" not in spy.seen[2] and not torch.isclose(full, loss)
+
+
+def test_grid_completion_gives_the_first_row_and_column_clean_and_scores_the_rest(tmp_path):
+    """4Real-Video's layout: view 0's video and every view at time 0 are given clean, flagged and out of the loss."""
+    task, model, dataset = make_task(tmp_path, "objective=flow", "task_options.first_view_prob=1.0",
+                                     "task_options.given_cells=grid", "task_options.num_views=3",
+                                     "task_options.num_frames=3")
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    x0 = batch["video"]
+    spy = Spy(torch.randn_like(x0))
+    task.loss(spy, batch, Draws(torch.Generator().manual_seed(0), 2, slice(0, 2))).backward()
+    x_in, _, kwargs = spy.seen
+    given = torch.tensor([[True, True, True], [True, False, False], [True, False, False]])
+    assert torch.equal(kwargs["known_cells"], given.expand(2, 3, 3))
+    cells = given[None, None, :, :, None, None].expand_as(x0)
+    assert torch.equal(x_in[cells], x0[cells]) and not torch.isclose(x_in[~cells], x0[~cells]).all()
+    grad = spy.out.grad
+    assert torch.count_nonzero(grad[cells]) == 0 and torch.count_nonzero(grad[~cells]) == grad[~cells].numel()
+    with pytest.raises(ValueError, match="given_cells must be one of"):
+        make_task(tmp_path, "task_options.given_cells=diagonal")
+
+
+def test_grid_completion_metric_against_its_two_copy_baselines():
+    from convdiff.data.multiview import MultiViewObjects
+    from convdiff.eval.video_metrics import fourd_grid_completion
+
+    data = MultiViewObjects(num_views=3, num_frames=3, image_size=8, length=2)
+
+    class Oracle:  # returns the true grid: the generated cells score the PSNR floor's 120 dB
+        def __call__(self, first_view, first_frame, **kwargs):
+            self.given = (first_view, first_frame)
+            video = torch.stack([data[i]["video"] for i in range(2)])
+            return type("Out", (), {"frames": ((video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2)})()
+
+    oracle = Oracle()
+    metrics = fourd_grid_completion(oracle, data, num_clips=2, num_inference_steps=1)
+    video = torch.stack([data[i]["video"] for i in range(2)])
+    assert torch.equal(oracle.given[0], video[:, :, 0]) and torch.equal(oracle.given[1], video[:, :, :, 0])
+    assert metrics["psnr_generated"] == pytest.approx(120.0)
+    truth = (video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2
+    from convdiff.eval.video_metrics import psnr
+
+    real = truth[:, 1:, 1:]
+    assert metrics["psnr_view_at_time_0"] == pytest.approx(psnr(np.repeat(truth[:, 1:, :1], 2, axis=2), real))
+    assert metrics["psnr_view_0_at_time"] == pytest.approx(psnr(np.repeat(truth[:, :1, 1:], 2, axis=1), real))
 
 
 def test_first_view_prob_is_checked(tmp_path):

@@ -269,6 +269,49 @@ def test_video_task_trains_only_the_temporal_layers_of_a_saved_base(tmp_path, mo
     new_names = loaded.transformer.new_parameter_names()
     assert any(not torch.equal(trained[k], fresh[k]) for k in new_names)  # the temporal layers trained
     assert (tmp_path / "run" / "samples" / "final.png").is_file() and (tmp_path / "run" / "samples" / "final.gif").is_file()
+    # trained with the recipe's mixed noise, the folder samples with the same share by default
+    assert loaded.config.sampling_defaults["shared_noise"] == 0.5
+    loaded.set_progress_bar_config(disable=True)
+    call = dict(class_labels=[3], num_frames=3, num_inference_steps=2, output_type="np")
+    default = loaded(**call, generator=torch.Generator().manual_seed(0)).frames
+    np.testing.assert_array_equal(default, loaded(**call, shared_noise=0.5, generator=torch.Generator().manual_seed(0)).frames)
+    assert not np.array_equal(default, loaded(**call, shared_noise=0.0, generator=torch.Generator().manual_seed(0)).frames)
+
+
+def test_shared_noise_in_training_mixes_one_map_per_clip_into_every_frame(tmp_path, monkeypatch):
+    """The video task's mixed noise: per clip, frame differences keep only the independent part."""
+    from convdiff.data import moving_digits
+    from convdiff.training.config import load_config
+    from convdiff.training.task import Draws
+    from convdiff.training.video_task import VideoTask
+
+    monkeypatch.setattr(moving_digits, "mnist_digits", blob_digits)
+    config = load_config("configs/video-moving-digits.yaml", [
+        "task_options.base=null", "model=dic-tiny", "model_overrides.in_channels=1", "model_overrides.sample_size=28",
+        "model_overrides.hidden_size=8", "model_overrides.depth=[1,1,1,1,1]", "model_overrides.learn_sigma=false",
+        "model_overrides.num_classes=10", "task_options.num_frames=3",
+        "task_options.length=8", "task_options.shared_noise=0.75"])
+    task = VideoTask(config)
+    task.build_model(task.build_dataset())
+    batch = torch.utils.data.default_collate([task.build_dataset()[i] for i in range(2)])
+    seen = {}
+
+    def spy(x, t, **kwargs):
+        seen["x"] = x
+        return type("Out", (), {"sample": torch.zeros_like(x, requires_grad=True)})()
+
+    task.loss(spy, batch, Draws(torch.Generator().manual_seed(0), 2, slice(0, 2)))
+    x0 = batch[0]
+    generator = torch.Generator().manual_seed(0)  # replay the draws: noise, t, label drop, then the common map
+    noise = torch.randn((2, *x0.shape[1:]), generator=generator)
+    t = task.objective.sample_timesteps(2, generator)
+    torch.rand((2,), generator=generator)
+    common = torch.randn((2, 1, 28, 28), generator=generator).unsqueeze(2)
+    mixed = 0.75 ** 0.5 * common + 0.25 ** 0.5 * noise
+    expected, _ = task.objective.noisy_input(x0, mixed, t)
+    torch.testing.assert_close(seen["x"], expected)
+    with pytest.raises(ValueError, match="shared_noise must be in"):
+        VideoTask(load_config("configs/video-moving-digits.yaml", ["task_options.shared_noise=1.0"]))
 
 
 def test_fourd_task_trains_from_scratch_and_saves_a_loadable_pipeline(tmp_path):

@@ -38,20 +38,14 @@ def sample_prompts(pipeline, prompts, num_frames: int, steps: int, guidance_scal
 
 
 def prompt_scores(videos, digits, directions) -> dict:
-    """Share of frames read as the asked digit, of videos whose majority digit is the asked one, and of videos
-    moving in the asked direction (and both)."""
-    from ..eval.digit_classifier import predict_digits
-    from ..eval.image_io import videos_uint8
-    from ..eval.video_metrics import motion_directions
+    """eval.video_metrics.digit_scores, and the share of videos moving in the asked direction (and of those
+    also showing the asked digit by majority)."""
+    from ..eval.video_metrics import digit_scores, majority_digits, motion_directions, read_digits
 
-    n, f = videos.shape[:2]
-    read = predict_digits(videos_uint8(videos).reshape(n * f, *videos.shape[2:])).reshape(n, f)
-    majority = np.array([np.bincount(r, minlength=10).argmax() for r in read])
-    moved = motion_directions(videos)
-    return {"digit_accuracy_frames": float((read == digits[:, None]).mean()),
-            "digit_accuracy_videos": float((majority == digits).mean()),
-            "direction_accuracy": float((moved == directions).mean()),
-            "both_right": float(((majority == digits) & (moved == directions)).mean())}
+    read = read_digits(videos)
+    moved = motion_directions(videos) == directions
+    return {**digit_scores(read, digits), "direction_accuracy": float(moved.mean()),
+            "both_right": float((moved & (majority_digits(read) == digits)).mean())}
 
 
 def without_text(model):
@@ -59,7 +53,7 @@ def without_text(model):
     model = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".text.2." in name:  # the zero-initialised last layer of each text MLP
+            if ".text.2." in name or ".text_modulation." in name:  # the zero-initialised text layers
                 p.zero_()
     return model
 

@@ -132,10 +132,15 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int | None, out
     real = MovingDigits("heldout", num_frames=num_frames, frame_size=int(options.get("frame_size", 28)),
                         length=num_videos, seed=1)
     samples["real moving digits (held out)"] = real_clips(real, num_videos)
+    asked = {name: np.arange(num_videos) % 10 for name in samples}
+    asked["real moving digits (held out)"] = np.array([real[i][1] for i in range(num_videos)])
+    long_frames = 4 * num_frames  # by overlapping windows (pipelines/video.py), from a model trained on num_frames
+    log(f"sampling {long_frames}-frame clips by overlapping windows")
+    long_clips = sample_videos(pipe, num_videos, long_frames, steps, seed=20_000, guidance_scale=guidance_scale)
 
     extractor = InceptionFeatureExtractor()
     from ..eval.frechet import Moments
-    from ..eval.video_metrics import frame_features
+    from ..eval.video_metrics import digit_scores, frame_features, read_digits
 
     # other held-out clips (seed 2, also FVD's reference): frames placed like the training data's
     moving = real_clips(MovingDigits("heldout", num_frames=num_frames, frame_size=int(options.get("frame_size", 28)),
@@ -145,13 +150,18 @@ def evaluate_video(pipeline_dir, config, num_videos: int, steps: int | None, out
     for name, videos in samples.items():
         log(f"metrics: {name}")
         results[name] = video_metrics(videos, extractor, moving_reference)
+        results[name].update(digit_scores(read_digits(videos), asked[name]))
         tag = name.split(" ")[0]
         make_grid(videos[:10].reshape(-1, *videos.shape[2:]), columns=num_frames).save(output_dir / f"videos-{tag}.png")
         export_to_video(np.concatenate(list(videos[:10]), axis=2), output_dir / f"videos-{tag}.gif", fps=4, scale=3)
+    results[f"trained, {long_frames} frames"] = digit_scores(read_digits(long_clips), np.arange(num_videos) % 10)
+    make_grid(long_clips[:5].reshape(-1, *long_clips.shape[2:]), columns=long_frames).save(
+        output_dir / f"videos-long-{long_frames}.png")
     if i3d:  # FVD reference: the seed-2 clips above, so the real clips' row is FVD's floor at this N
         results["fvd_protocol"] = add_fvd(results, samples, moving, i3d)
     results["protocol"] = (f"{num_videos} videos x {num_frames} frames, {sampler}, labels i mod 10, seeds "
-                           "10000 + batch start; FID reference: 500 held-out MNIST digits; frame_fid_vs_moving_clips: "
+                           f"10000 + batch start ({long_frames}-frame clips: overlapping windows, seeds 20000 + batch "
+                           "start); digits read frame by frame by the project's digit CNN; FID reference: 500 held-out MNIST digits; frame_fid_vs_moving_clips: "
                            f"the {num_frames * num_videos} frames of {num_videos} other held-out clips (seed 2)")
     return results
 
@@ -209,28 +219,12 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int | None, output_
     held_out_config = load_config(None, [f"seed={config.seed + 1}", "task=video"])
     held_out_config.task_options = dict(config.task_options, cache=False)
     held_out = VideoTask(held_out_config).build_dataset()  # same sizes, other scenes (another seed)
-    log("view synthesis on held-out scenes")
-    metrics = fourd_view_synthesis(pipe, held_out, num_clips=num_clips, num_inference_steps=steps, seed=0)
-    # One step from pure noise returns the model's clean-grid prediction, i.e. its estimate of the posterior
-    # mean given view 0 (exactly so for flow + Euler); averaged over 8 noise draws: the MSE-best guess.
-    metrics["posterior_mean"] = fourd_view_synthesis(pipe, held_out, num_clips=num_clips, num_inference_steps=1, seed=0,
-                                                     num_samples=8)
-    log("the same with the view layers off (each view made on its own: a per-view image model)")
-    per_view = FourDPipeline(**dict(pipe.components, transformer=without_view_layers(pipe.transformer)),
-                             first_view_mode=pipe.config.first_view_mode)
-    per_view.set_progress_bar_config(disable=True)
-    metrics["view_layers_off"] = fourd_view_synthesis(per_view, held_out, num_clips=num_clips,
-                                                      num_inference_steps=steps, seed=0)
-    metrics["view_layers_off_posterior_mean"] = fourd_view_synthesis(per_view, held_out, num_clips=num_clips,
-                                                                     num_inference_steps=1, seed=0, num_samples=8)
+    if config.task_options.get("given_cells") == "grid":
+        return evaluate_grid_completion(pipe, held_out, config, num_clips, steps, sampler, output_dir)
+    log("view synthesis on held-out scenes, then the same with the view layers off (each view made on its own)")
+    metrics = four_readouts(fourd_view_synthesis, pipe, held_out, num_clips, steps)
 
     # pictures: three held-out scenes, each truth | a sample | the posterior mean (both given view 0), a free sample
-    from PIL import Image
-
-    def beside(images, axis):  # with a 2-pixel white gap
-        gap = np.full_like(images[0], 255).take(range(2), axis=axis)
-        return np.concatenate([x for image in images for x in (image, gap)][:-1], axis=axis)
-
     rows = []
     for i in range(3):
         item = held_out[i]
@@ -244,19 +238,78 @@ def evaluate_4d(pipeline_dir, config, num_clips: int, steps: int | None, output_
         rows.append(beside([np.asarray(grid_4d(x)) for x in (scene, sample, mean)], axis=1))
         if i == 0:
             truth, conditioned = scene, sample
-    pair = beside(rows, axis=0)
-    Image.fromarray(pair).resize((pair.shape[1] * 4, pair.shape[0] * 4), Image.NEAREST).save(output_dir / "4d-view-synthesis.png")
+    save_enlarged(beside(rows, axis=0), output_dir / "4d-view-synthesis.png")
     free = pipe(batch_size=1, cameras=item["cameras"][None], timestamps=item["timestamps"][None],
                 num_views=video.shape[2], num_frames=video.shape[3], num_inference_steps=steps,
                 generator=torch.Generator().manual_seed(1), output_type="np").frames[0]
-    grid = np.asarray(grid_4d(free))
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(output_dir / "4d-sample.png")
+    save_enlarged(np.asarray(grid_4d(free)), output_dir / "4d-sample.png")
     export_to_video(np.concatenate([views_side_by_side(truth), views_side_by_side(conditioned)], axis=1),
                     output_dir / "4d-view-synthesis.gif", fps=3, scale=4)
     metrics["protocol"] = (f"{num_clips} held-out scenes (seed {config.seed + 1}), view 0's video given "
                            f"(first_view_mode={pipe.config.first_view_mode}), views 1.. generated with {sampler} "
                            "(posterior_mean: the mean of 8 one-step predictions); PSNR on [0, 1] over the generated "
                            "views, averaged per scene")
+    return metrics
+
+
+def beside(images, axis):
+    """Images joined along `axis` with a 2-pixel white gap."""
+    gap = np.full_like(images[0], 255).take(range(2), axis=axis)
+    return np.concatenate([x for image in images for x in (image, gap)][:-1], axis=axis)
+
+
+def save_enlarged(image: np.ndarray, path: Path, scale: int = 4) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def four_readouts(metric, pipe, held_out, num_clips: int, steps: int) -> dict:
+    """`metric` (a 4D completion metric of eval.video_metrics) of one sample at `steps` and of the posterior mean,
+    for the model and for the same model with its view attention off (no information passes between views)."""
+    from ..pipelines.video import FourDPipeline
+
+    no_views = FourDPipeline(**dict(pipe.components, transformer=without_view_layers(pipe.transformer)),
+                             first_view_mode=pipe.config.first_view_mode)
+    no_views.set_progress_bar_config(disable=True)
+    metrics = {}
+    for prefix, model in (("", pipe), ("view_layers_off", no_views)):
+        sample = metric(model, held_out, num_clips=num_clips, num_inference_steps=steps, seed=0)
+        # One step from pure noise returns the model's clean-grid prediction, its estimate of the posterior mean
+        # given the known cells (exactly so for flow + Euler); averaged over 8 noise draws: the MSE-best guess.
+        mean = metric(model, held_out, num_clips=num_clips, num_inference_steps=1, seed=0, num_samples=8)
+        if prefix:
+            metrics[prefix], metrics[f"{prefix}_posterior_mean"] = sample, mean
+        else:
+            metrics.update(sample, posterior_mean=mean)
+    return metrics
+
+
+def evaluate_grid_completion(pipe, held_out, config, num_clips: int, steps: int, sampler: str, output_dir: Path) -> dict:
+    """4Real-Video's grid completion on held-out scenes: the first row (view 0's video) and the first column
+    (every view at time 0) given, the other cells generated; one sample at the pipeline's own steps, the
+    posterior mean (8 one-step predictions averaged), the same with the view attention off, and a picture
+    given | generated | truth of three scenes."""
+    from ..eval.video_metrics import fourd_grid_completion
+    from ..pipelines.video_export import grid_4d
+
+    log("grid completion on held-out scenes (first row and first column given), then with the view layers off")
+    metrics = four_readouts(fourd_grid_completion, pipe, held_out, num_clips, steps)
+    rows = []
+    for i in range(3):  # given | generated (the default call) | truth; rows = time, columns = views
+        item = held_out[i]
+        video = item["video"][None]
+        out = pipe(cameras=item["cameras"][None], timestamps=item["timestamps"][None], first_view=video[:, :, 0],
+                   first_frame=video[:, :, :, 0], generator=torch.Generator().manual_seed(i), output_type="np").frames[0]
+        truth = ((video[0].permute(1, 2, 3, 4, 0).numpy() + 1) / 2).clip(0, 1)
+        given = truth.copy()
+        given[1:, 1:] = 0.5  # the cells to generate, grey
+        rows.append(beside([np.asarray(grid_4d(x)) for x in (given, out, truth)], axis=1))
+    save_enlarged(beside(rows, axis=0), output_dir / "4d-grid-completion.png")
+    metrics["protocol"] = (f"{num_clips} held-out scenes (seed {config.seed + 1}), view 0's video and every view at "
+                           f"time 0 given (first_view_mode={pipe.config.first_view_mode}), the other cells generated "
+                           f"with {sampler} (posterior_mean: the mean of 8 one-step predictions); PSNR on [0, 1] over "
+                           "each scene's generated cells, averaged over scenes")
     return metrics
 
 

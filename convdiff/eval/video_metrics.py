@@ -7,6 +7,7 @@ Ge et al., CVPR 2024, arXiv 2404.12391).
   with Inception pool3 features by default or any extractor `uint8 NHWC -> (N, D)`), plus the similarity of every
   frame to the first one. Read it beside `frame_difference` (mean absolute change between adjacent frames, a
   flicker proxy): a frozen video scores perfectly on both.
+- `digit_scores`: for digit videos, how many frames and videos read as the asked digit and stay one digit.
 - `psnr`, and `fourd_view_synthesis`: for the synthetic multi-view set, sample the grid conditioned on the
   ground-truth first view (its whole video) and measure PSNR of the generated other views against the
   ground-truth renders, next to the trivial baseline that copies the first view into every view.
@@ -88,6 +89,32 @@ def motion_directions(videos, steps=((0, -1), (0, 1), (-1, 0), (1, 0))) -> np.nd
     return np.argmax(moved @ np.asarray(steps, dtype=np.float64).T, axis=1)
 
 
+def read_digits(videos) -> np.ndarray:
+    """(N, F) the digit the project's digit CNN (eval/digit_classifier.py, not part of any generator) reads in
+    every frame of digit videos (N, F, H, W, 1)."""
+    from .digit_classifier import predict_digits
+
+    n, f = videos.shape[:2]
+    return predict_digits(videos_uint8(videos).reshape(n * f, *videos.shape[2:])).reshape(n, f)
+
+
+def majority_digits(read: np.ndarray) -> np.ndarray:
+    """(N,) the digit each video's frames are read as most often, from `read_digits`' (N, F)."""
+    return np.array([np.bincount(r, minlength=10).argmax() for r in read])
+
+
+def digit_scores(read: np.ndarray, digits) -> dict:
+    """How well videos keep their asked digits (N,), from `read_digits`' (N, F): the share of frames read as
+    the asked digit, of videos whose majority reading is it, of videos read as one digit in every frame and
+    as the asked digit in every frame, and of frames read as their video's first frame (drift, long clips)."""
+    digits = np.asarray(digits).reshape(-1, 1)
+    return {"digit_accuracy_frames": float((read == digits).mean()),
+            "digit_accuracy_videos": float((majority_digits(read) == digits[:, 0]).mean()),
+            "one_digit_videos": float((read == read[:, :1]).all(axis=1).mean()),
+            "asked_digit_every_frame": float((read == digits).all(axis=1).mean()),
+            "frames_as_first_frame": float((read == read[:, :1]).mean())}
+
+
 def psnr(prediction, target, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio (dB) between two arrays of the same shape, averaged over the first axis."""
     prediction = np.asarray(prediction, dtype=np.float64)
@@ -96,6 +123,51 @@ def psnr(prediction, target, data_range: float = 1.0) -> float:
         raise ValueError(f"psnr needs equal shapes, got {prediction.shape} and {target.shape}.")
     mse = ((prediction - target) ** 2).reshape(len(prediction), -1).mean(axis=1)
     return float(np.mean(10 * np.log10(data_range**2 / np.maximum(mse, 1e-12))))
+
+
+def complete_grids(pipeline, dataset, given: str = "first_view", num_clips: int = 16, num_inference_steps: int = 25,
+                   seed: int = 0, batch_size: int = 8, start: int = 0, num_samples: int = 1):
+    """(outputs, truths), both (clips, V, T, H, W, C) in [0, 1]: the pipeline completes each clip from its given
+    cells, view 0's video (given="first_view") or also every view at time 0 (given="grid", 4Real-Video's first
+    row and column); with num_samples = K > 1 the K outputs per clip (K noise draws) are averaged."""
+    if given not in ("first_view", "grid"):
+        raise ValueError(f"given must be 'first_view' or 'grid', got {given!r}.")
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1 (outputs averaged per clip), got {num_samples}.")
+    outputs, truths = [], []
+    generator = torch.Generator().manual_seed(seed)
+    for first in range(start, start + num_clips, batch_size):
+        items = [dataset[i] for i in range(first, min(first + batch_size, start + num_clips))]
+        video = torch.stack([it["video"] for it in items])
+        cells = {"first_view": video[:, :, 0]}
+        if given == "grid":
+            cells["first_frame"] = video[:, :, :, 0]
+        outputs.append(np.mean([pipeline(batch_size=len(items), num_views=video.shape[2], num_frames=video.shape[3],
+                                         cameras=torch.stack([it["cameras"] for it in items]),
+                                         timestamps=torch.stack([it["timestamps"] for it in items]),
+                                         num_inference_steps=num_inference_steps, generator=generator,
+                                         output_type="np", **cells).frames for _ in range(num_samples)], axis=0))
+        truths.append(((video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2).clip(0, 1))
+    return np.concatenate(outputs), np.concatenate(truths)
+
+
+def fourd_grid_completion(pipeline, dataset, num_clips: int = 16, num_inference_steps: int = 25, seed: int = 0,
+                          batch_size: int = 8, start: int = 0, num_samples: int = 1) -> dict:
+    """4Real-Video's task: given view 0's video (the grid's first row) and every view at time 0 (its first
+    column), generate the other cells (view v >= 1 at time t >= 1) and compare them with the renders.
+
+    Beside the generated cells' PSNR, the two copy baselines a model must beat: each cell's own view at time 0
+    (the scene frozen) and view 0 at the cell's time (the motion seen from the wrong camera). PSNR on [0, 1]
+    over each clip's generated cells, averaged over the clips.
+    """
+    out, truth = complete_grids(pipeline, dataset, "grid", num_clips, num_inference_steps, seed, batch_size, start,
+                                num_samples)
+    real = truth[:, 1:, 1:]
+    same_view = np.broadcast_to(truth[:, 1:, :1], real.shape)  # view v at time 0
+    same_time = np.broadcast_to(truth[:, :1, 1:], real.shape)  # view 0 at time t
+    return {"psnr_generated": psnr(out[:, 1:, 1:], real), "psnr_view_at_time_0": psnr(same_view, real),
+            "psnr_view_0_at_time": psnr(same_time, real), "num_clips": num_clips,
+            "num_inference_steps": num_inference_steps, "num_samples": num_samples}
 
 
 def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_steps: int = 25, seed: int = 0,
@@ -111,24 +183,10 @@ def fourd_view_synthesis(pipeline, dataset, num_clips: int = 16, num_inference_s
     views of another scene (the next clip: what a perfect such model samples) and the mean image of the other
     clips' views (the best it can predict), and the temporal frame difference of generated vs real views.
     """
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1 (outputs averaged per clip), got {num_samples}.")
-    generated, real, copied = [], [], []
-    generator = torch.Generator().manual_seed(seed)
-    for first in range(start, start + num_clips, batch_size):
-        items = [dataset[i] for i in range(first, min(first + batch_size, start + num_clips))]
-        video = torch.stack([it["video"] for it in items])
-        cameras = torch.stack([it["cameras"] for it in items])
-        timestamps = torch.stack([it["timestamps"] for it in items])
-        out = np.mean([pipeline(batch_size=len(items), num_views=video.shape[2], num_frames=video.shape[3],
-                                cameras=cameras, timestamps=timestamps, first_view=video[:, :, 0],
-                                num_inference_steps=num_inference_steps, generator=generator,
-                                output_type="np").frames for _ in range(num_samples)], axis=0)  # (B, V, T, H, W, C)
-        truth = ((video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2).clip(0, 1)
-        generated.append(out[:, 1:])
-        real.append(truth[:, 1:])
-        copied.append(np.repeat(truth[:, :1], truth.shape[1] - 1, axis=1))
-    generated, real, copied = (np.concatenate(x) for x in (generated, real, copied))
+    out, truth = complete_grids(pipeline, dataset, "first_view", num_clips, num_inference_steps, seed, batch_size,
+                                start, num_samples)
+    generated, real = out[:, 1:], truth[:, 1:]
+    copied = np.repeat(truth[:, :1], truth.shape[1] - 1, axis=1)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731 - (clips*views, T, H, W, C)
     clip_means = real.mean(axis=(1, 2))  # (clips, H, W, C)
     others_mean = (clip_means.sum(0) - clip_means) / max(len(real) - 1, 1)  # leave-one-out

@@ -67,7 +67,7 @@ class InflationOptions:
     (sequential temporal -> view attention, view_scope "frame" or "pixel"), "two-stream" (sync "soft" or
     "hard") or "fused"; p3d_variant: "A", "B", "C" or "mixed"; camera_dim: size of a camera vector (None: no
     cameras); time_conditioning: embed frame times; text_dim: size of a clip's pooled text embedding (None: no
-    text); max_frames / max_views: position-embedding lengths.
+    text), added to the timestep embedding and, with temporal_text, modulating the temporal attention; max_frames / max_views: position-embedding lengths.
     """
 
     temporal: tuple = ("attention",)
@@ -78,6 +78,7 @@ class InflationOptions:
     camera_dim: int | None = None
     time_conditioning: bool = True
     text_dim: int | None = None
+    temporal_text: bool = False
     max_frames: int = 16
     max_views: int | None = None
     attention_head_dim: int = 64
@@ -91,6 +92,9 @@ class InflationOptions:
         if not self.temporal and self.view == "two-stream":
             raise ValueError("a two-stream model runs its temporal layers over views and over time: "
                              "give temporal='attention' and/or 'p3d'.")
+        if self.temporal_text and not (self.text_dim and "attention" in self.temporal and self.view != "fused"):
+            raise ValueError("temporal_text conditions temporal attention on the text: it needs text_dim and "
+                             "temporal='attention' (not the fused view-time attention).")
         if self.p3d_variant not in (*P3D_VARIANTS, "mixed"):
             raise ValueError(f"p3d_variant must be 'A', 'B', 'C' or 'mixed', got {self.p3d_variant!r}.")
 
@@ -309,7 +313,8 @@ def inflate_modules(base: nn.Module, plan: dict, options: InflationOptions, cont
         if options.view == "fused":
             temporal_layers.append(FusedViewTimeAttention(width, heads, options.max_views, options.max_frames))
         elif "attention" in options.temporal:
-            temporal_layers.append(TemporalAttention(width, heads, options.max_frames))
+            temporal_layers.append(TemporalAttention(width, heads, options.max_frames,
+                                                     options.text_dim if options.temporal_text else None))
         view_layers = []
         if options.view == "attention":
             view_layers.append(ViewAttention(width, heads, options.max_views, options.view_scope))

@@ -304,13 +304,15 @@ class InflatedVideoModel(_InflatedModel):
         freeze_spatial: bool = False,
         plan: dict | None = None,
         text_dim: int | None = None,
+        temporal_text: bool = False,
         # mirrored from the 2D model's config at build time (inputs are ignored)
         sample_size=None, in_channels=None, out_channels=None, learn_sigma=None, num_classes=None,
         class_dropout_prob=None, prediction_type=None,
     ):
         super().__init__()
         options = InflationOptions(temporal=temporal, p3d_variant=p3d_variant, time_conditioning=time_conditioning,
-                                   max_frames=max_frames, attention_head_dim=attention_head_dim, text_dim=text_dim)
+                                   max_frames=max_frames, attention_head_dim=attention_head_dim, text_dim=text_dim,
+                                   temporal_text=temporal_text)
         self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, timestamps=None, force_drop_ids=None,
@@ -349,6 +351,7 @@ class InflatedFourDModel(_InflatedModel):
         freeze_spatial: bool = False,
         plan: dict | None = None,
         text_dim: int | None = None,
+        temporal_text: bool = False,
         sample_size=None, in_channels=None, out_channels=None, learn_sigma=None, num_classes=None,
         class_dropout_prob=None, prediction_type=None,
     ):
@@ -356,7 +359,7 @@ class InflatedFourDModel(_InflatedModel):
         options = InflationOptions(temporal=temporal, view=view, view_scope=view_scope, sync=sync,
                                    p3d_variant=p3d_variant, camera_dim=camera_dim, time_conditioning=time_conditioning,
                                    max_frames=max_frames, max_views=max_views, attention_head_dim=attention_head_dim,
-                                   text_dim=text_dim)
+                                   text_dim=text_dim, temporal_text=temporal_text)
         self._build(base_class, base_config, options, plan=plan, freeze_spatial=freeze_spatial)
 
     def forward(self, hidden_states, timestep, class_labels=None, cameras=None, timestamps=None, force_drop_ids=None,
@@ -374,14 +377,15 @@ class InflatedFourDModel(_InflatedModel):
 def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "attention",
             view_scope: str = "frame", sync: str = "soft", p3d_variant: str = "mixed", camera_dim: int | None = None,
             time_conditioning: bool = True, max_frames: int = 16, max_views: int = 8, attention_head_dim: int = 64,
-            freeze_spatial: bool = False, text_dim: int | None = None) -> _InflatedModel:
+            freeze_spatial: bool = False, text_dim: int | None = None, temporal_text: bool = False) -> _InflatedModel:
     """Inflate a 2D convdiff model into a video (to="video") or 4D (to="4d") model that reuses its weights.
 
     temporal: "p3d", "attention" or both (default "attention"); view (4D): "attention" (sequential temporal -> view attention,
     view_scope "frame" or "pixel"), "two-stream" (4Real-Video, sync "soft" or "hard") or "fused"
     (4Real-Video-V2 masked attention); camera_dim: size of the per-view camera vector (None: no cameras);
     text_dim: size of a clip's pooled text embedding (e.g. CLIP's `pooler_output`) for text-conditioned video
-    (None: no text); freeze_spatial: train only the new layers. Passing an inflated video model with to="4d" keeps its
+    (None: no text); temporal_text: the text also modulates the temporal attention (the layers that make the
+    motion); freeze_spatial: train only the new layers. Passing an inflated video model with to="4d" keeps its
     backbone and trained temporal layers (temporal, p3d_variant, time_conditioning, attention_head_dim and
     max_frames are taken from it); the new view / sync / camera layers start as the identity.
     """
@@ -391,10 +395,11 @@ def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "att
         video = model.config
         temporal, p3d_variant, time_conditioning = video.temporal, video.p3d_variant, video.time_conditioning
         attention_head_dim, max_frames = video.attention_head_dim, video.max_frames
-        text_dim = video.get("text_dim")
+        text_dim, temporal_text = video.get("text_dim"), video.get("temporal_text", False)
     options = dict(temporal=normalize_temporal(("attention",) if temporal is None else temporal), p3d_variant=p3d_variant,
                    time_conditioning=time_conditioning, max_frames=max_frames,
-                   attention_head_dim=attention_head_dim, freeze_spatial=freeze_spatial, text_dim=text_dim)
+                   attention_head_dim=attention_head_dim, freeze_spatial=freeze_spatial, text_dim=text_dim,
+                   temporal_text=temporal_text)
     if to == "4d":
         options.update(view=view, view_scope=view_scope, sync=sync, camera_dim=camera_dim, max_views=max_views)
     if isinstance(model, _InflatedModel):

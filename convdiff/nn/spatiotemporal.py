@@ -110,19 +110,28 @@ class GridContext:
 
 
 def along_time(x: torch.Tensor, context: GridContext, layer) -> torch.Tensor:
-    """Run `layer(x, grid)` over the time axis of the grid in x's leading dimension.
+    """Run `layer(x, grid)` over the time axis of the grid in x's leading dimension; a layer that `takes_text`
+    also gets the context's per-frame text embeddings, laid out like x.
 
     In a two-stream model the first half of the frames is the view stream: there the same layer runs over
     the views instead (views and frames swapped), as 4Real-Video runs one pretrained video block on both
     freeze-time videos X[:, t] and fixed-view videos X[v, :].
     """
     grid = context.grid_for(x.shape[0])
+    text = context.frame_text if getattr(layer, "takes_text", False) else None
+
+    def run(tokens, grid, text):
+        return layer(tokens, grid) if text is None else layer(tokens, grid, text)
+
     if not context.two_stream:
-        return layer(x, grid)
+        return run(x, grid, text)
     view_stream, time_stream = x.chunk(2)
+    view_text, time_text = (None, None) if text is None else text.chunk(2)
     swapped = grid.swapped()
-    view_stream = swap_views_and_frames(layer(swap_views_and_frames(view_stream, grid), swapped), swapped)
-    return torch.cat([view_stream, layer(time_stream, grid)])
+    if view_text is not None:
+        view_text = swap_views_and_frames(view_text[:, None], grid)[:, 0]
+    view_stream = swap_views_and_frames(run(swap_views_and_frames(view_stream, grid), swapped, view_text), swapped)
+    return torch.cat([view_stream, run(time_stream, grid, time_text)])
 
 
 def attention_heads(dim: int, head_dim: int) -> int:
@@ -219,10 +228,16 @@ class _AxisAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, zero_init_out=True)
 
-    def attend(self, seq: torch.Tensor, positions: torch.Tensor, **mask) -> torch.Tensor:
-        """seq (N, L, C), positions (L,) integer indices -> the attention update (N, L, C)."""
+    def attend(self, seq: torch.Tensor, positions: torch.Tensor, modulation: torch.Tensor | None = None,
+               **mask) -> torch.Tensor:
+        """seq (N, L, C), positions (L,) integer indices -> the attention update (N, L, C); modulation (N, L, 2C)
+        (shift, scale) applied after the index embedding, so a condition can act differently on each index."""
         embedding = sincos_1d(seq.shape[-1], positions).to(device=seq.device, dtype=seq.dtype)
-        return self.attn(self.norm(seq) + embedding, **mask)
+        hidden = self.norm(seq) + embedding
+        if modulation is not None:
+            shift, scale = modulation.chunk(2, dim=-1)
+            hidden = hidden * (1 + scale) + shift
+        return self.attn(hidden, **mask)
 
 
 class TemporalAttention(_AxisAttention):
@@ -230,18 +245,36 @@ class TemporalAttention(_AxisAttention):
 
     Tokens (B*V*T, S, C) -> (B*V*S, T, C) sequences with a frame-index embedding. A one-frame grid is left
     unchanged (nothing to attend to), so image data passes through a video model as through its image model.
+    With `text_dim`, a clip's pooled text embedding modulates the normalised, index-embedded frames (shift and
+    scale per channel, adaLN as in DiT, zero at init), so the prompt decides how the frames relate: the layer
+    that makes the motion reads the words that name it.
     """
 
-    def __init__(self, dim: int, num_heads: int, max_frames: int):
+    def __init__(self, dim: int, num_heads: int, max_frames: int, text_dim: int | None = None):
         super().__init__(dim, num_heads)
         self.max_frames = max_frames
+        self.takes_text = bool(text_dim)
+        self.text_modulation = None
+        if text_dim:
+            self.text_modulation = nn.Linear(text_dim, 2 * dim)
+            nn.init.zeros_(self.text_modulation.weight)
+            nn.init.zeros_(self.text_modulation.bias)
 
-    def forward(self, tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, grid: Grid, text: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B*V*T, S, C); text (B*V*T, text_dim) per frame when built with text_dim."""
         check_length(grid.frames, self.max_frames, "frames", "max_frames")
+        if self.takes_text and (text is None or tuple(text.shape) != (tokens.shape[0], self.text_modulation.in_features)):
+            got = None if text is None else tuple(text.shape)
+            raise ValueError(f"this temporal attention is text-conditioned: pass per-frame text embeddings of shape "
+                             f"({tokens.shape[0]}, {self.text_modulation.in_features}), got {got}.")
         if grid.frames == 1:
             return tokens
         seq = tokens_to_time_seq(tokens, grid)
-        update = self.attend(seq, torch.arange(grid.frames))
+        modulation = None
+        if self.takes_text:  # (frames, 2C) -> the (B*V*S, T, 2C) layout of the sequences
+            per_frame = self.text_modulation(text.to(seq.dtype))[:, None, :].expand(-1, tokens.shape[1], -1)
+            modulation = tokens_to_time_seq(per_frame, grid)
+        update = self.attend(seq, torch.arange(grid.frames), modulation)
         return tokens + time_seq_to_tokens(update, grid)
 
 

@@ -70,6 +70,12 @@ def check_first_view_mode(mode: str) -> str:
     return mode
 
 
+def mix_noise(noise: torch.Tensor, common: torch.Tensor, shared: float) -> torch.Tensor:
+    """Unit-variance noise with a `shared` fraction of its variance from `common`, broadcast over the frames
+    (mixed noise, PYoCo: Ge et al., ICCV 2023); the video task trains with the same mix."""
+    return math.sqrt(shared) * common + math.sqrt(1.0 - shared) * noise
+
+
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
     """Start frames of windows of `window` frames overlapping by at least `overlap`, covering every frame."""
     if window >= num_frames:
@@ -110,6 +116,8 @@ class _FramesPipeline(ClassConditionalPipeline):
 
     grid_name = "frames"
     state_class = FramesState
+    # a model trained with noise shared across frames (task video's `shared_noise`) samples with the same share
+    builtin_sampling = {**ClassConditionalPipeline.builtin_sampling, "shared_noise": 0.0}
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["vae", "text_encoder", "tokenizer"]
 
@@ -190,7 +198,7 @@ class _FramesPipeline(ClassConditionalPipeline):
         noise = super().initial_noise(state)
         if shared_noise > 0:
             common = super().initial_noise(replace(state, shape=(*shape[:-3], 1, *shape[-2:])))
-            noise = math.sqrt(shared_noise) * common + math.sqrt(1.0 - shared_noise) * noise
+            noise = mix_noise(noise, common, shared_noise)
         return noise
 
     def prepare_latents(self, state: FramesState, latents=None):
@@ -364,7 +372,7 @@ class VideoPipeline(_FramesPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         first_frame: torch.Tensor | None = None,
-        shared_noise: float = 0.0,
+        shared_noise: float | None = None,
         timestamps: torch.Tensor | None = None,
         window_frames: int | None = None,
         window_overlap: int = 4,
@@ -386,15 +394,18 @@ class VideoPipeline(_FramesPipeline):
             num_frames: frames per video (default: from `latents`, else the model's max_frames, else 16). More than the model's
                 max_frames (or than `window_frames`) samples by overlapping windows.
             first_frame: optional (B, C, H, W) or (C, H, W) frame in [-1, 1] that the video starts from.
-            shared_noise: fraction of the starting noise's variance shared by all frames, in [0, 1].
+            shared_noise: fraction of the starting noise's variance shared by all frames, in [0, 1] (None: the
+                pipeline's saved default, the share its model was trained with).
             timestamps: optional (B, F) or (F,) frame times for models with time conditioning.
             window_frames, window_overlap: window length and overlap for long videos.
             output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
         """
         sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule)
+                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule,
+                                           shared_noise=shared_noise)
         num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
         guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
+        shared_noise = sampling["shared_noise"]
         prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)
@@ -466,7 +477,7 @@ class FourDPipeline(_FramesPipeline):
         latents: torch.Tensor | None = None,
         first_view: torch.Tensor | None = None,
         first_frame: torch.Tensor | None = None,
-        shared_noise: float = 0.0,
+        shared_noise: float | None = None,
         window_frames: int | None = None,
         window_overlap: int = 4,
         height: int | None = None,
@@ -493,9 +504,11 @@ class FourDPipeline(_FramesPipeline):
             Other arguments (prompt and negative_prompt included) as in `VideoPipeline`.
         """
         sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule)
+                                           guidance_channels=guidance_channels, guidance_schedule=guidance_schedule,
+                                           shared_noise=shared_noise)
         num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
         guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
+        shared_noise = sampling["shared_noise"]
         prompts, negatives, class_labels, batch_size = self.prompt_batch(prompt, negative_prompt, class_labels, batch_size)
         labels, batch = self.check_call(class_labels, batch_size, guidance_scale, output_type, generator,
                                         num_inference_steps)

@@ -9,6 +9,11 @@ a `task_options.empty_condition_prob` share of conditioning images blanked (diff
 proportion_empty_prompts, for guess mode / weak conditions), label dropout as in the denoise task, then the
 base model's own objective on its output with the ControlNet residuals added.
 
+A video base (a `VideoPipeline` folder such as pipelines/video-dic-mnist) trains a video ControlNet: the data
+are moving-digit clips (`num_frames`, `frame_size`, `max_speed`, `length` as in task `video`), the condition is
+one edge map per frame (B, C, F, H, W), and the ControlNet copies the inflated model's encoder half, temporal
+layers included, so it sees the whole clip (docs/controlnet.md, "Controlled video").
+
 Options (task_options): base (required), controlnet (start from a saved ControlNet), condition ("canny"),
 condition_options ({} = the detector's defaults), empty_condition_prob (0.0), conditioning_embedding_channels
 (None: ControlNet.from_backbone's choice), preview_count (10 conditions in the sample grid).
@@ -24,6 +29,8 @@ from ..models.controlnet import ControlNet
 from ..pipelines.class_conditional import ClassConditionalPipeline, model_parameterisation
 from ..pipelines.controlnet import ControlNetPipeline
 from ..pipelines.schedulers import make_scheduler
+from ..pipelines.video import VideoPipeline
+from ..pipelines.video_controlnet import VideoControlNetPipeline
 from .denoise_task import DenoiseTask, check_model_fits_data
 from .objectives import make_objective
 from ..grids import make_grid
@@ -32,8 +39,30 @@ from .task import Draws
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def is_video_pipeline(folder) -> bool:
+    """Whether a saved pipeline folder holds a video pipeline (its model_index.json class)."""
+    from ..files import read_json
+
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"task_options.base={str(folder)!r} is not a saved pipeline folder (no model_index.json).")
+    name = read_json(index, "a pipeline index").get("_class_name")
+    return (name[-1] if isinstance(name, list) else name) == "VideoPipeline"
+
+
 class ControlNetTask(DenoiseTask):
     name = "controlnet"
+    video = False
+
+    def build_dataset(self):
+        self.video = is_video_pipeline(self.option("base", required=True))
+        if not self.video:
+            return super().build_dataset()
+        from ..data.moving_digits import MovingDigits
+
+        o = self.option
+        return MovingDigits("train", num_frames=o("num_frames", 8), frame_size=o("frame_size", 28),
+                            length=o("length", 10_000), max_speed=o("max_speed", 1.5), seed=self.config.seed)
 
     def build_model(self, dataset):
         config = self.config
@@ -46,7 +75,7 @@ class ControlNetTask(DenoiseTask):
         if not 0.0 <= self.empty_prob <= 1.0:
             raise ValueError(f"task_options.empty_condition_prob must lie in [0, 1]; got {self.empty_prob}.")
 
-        self.base_pipeline = ClassConditionalPipeline.from_pretrained(base_path)
+        self.base_pipeline = (VideoPipeline if self.video else ClassConditionalPipeline).from_pretrained(base_path)
         self.base = self.base_pipeline.transformer.requires_grad_(False).eval()
         check_model_fits_data(self.base, dataset, config)
         self.base.eval()  # the check leaves it in train mode; the frozen base always runs in eval mode
@@ -72,7 +101,11 @@ class ControlNetTask(DenoiseTask):
         self.base.to(accelerator.device, dtype=WEIGHT_DTYPES[accelerator.mixed_precision])
 
     def condition(self, x0: torch.Tensor) -> torch.Tensor:
-        """The conditioning image of targets in [-1, 1]: their edge map, in [0, 1]."""
+        """The conditioning image of targets in [-1, 1]: their edge map, in [0, 1]; clips (B, C, F, H, W) get
+        one per frame."""
+        if x0.dim() == 5:
+            frames = x0.movedim(2, 1).flatten(0, 1)  # (B*F, C, H, W)
+            return self.condition(frames).unflatten(0, (x0.shape[0], x0.shape[2])).movedim(1, 2)
         return edge_map((x0.float() + 1) / 2, self.condition_name, **self.condition_options)
 
     def loss(self, model, batch, draws: Draws):
@@ -80,7 +113,8 @@ class ControlNetTask(DenoiseTask):
         empty = draws.rand() < self.empty_prob
         x0, x_t, model_t, cond = inputs["x0"], inputs["x_t"], inputs["model_t"], inputs["cond"]
         image = self.condition(x0)
-        image = torch.where(empty.to(x0.device)[:, None, None, None], torch.zeros_like(image), image)
+        empty = empty.to(x0.device).reshape(-1, *[1] * (image.dim() - 1))
+        image = torch.where(empty, torch.zeros_like(image), image)
         down, mid = model(x_t, model_t, image, return_dict=False, **cond)
         dtype = self.base.dtype
         out = self.base(x_t.to(dtype), model_t, down_block_additional_residuals=[d.to(dtype) for d in down],
@@ -88,7 +122,7 @@ class ControlNetTask(DenoiseTask):
         return self.objective.loss(out, x0, inputs["noise"], x_t, inputs["t"]).mean()
 
     def build_pipeline(self, model):
-        return ControlNetPipeline.from_base(self.base_pipeline, model)
+        return (VideoControlNetPipeline if self.video else ControlNetPipeline).from_base(self.base_pipeline, model)
 
     def save_samples(self, pipeline, path) -> None:
         """Pairs (condition | controlled sample) for preview digits of the data, side by side."""
@@ -99,14 +133,20 @@ class ControlNetTask(DenoiseTask):
         pipeline.scheduler = make_scheduler(self.config.sample_scheduler, scheduler)
         pipeline.set_progress_bar_config(disable=True)
         try:
-            samples = pipeline(image, class_labels=labels, batch_size=None if labels else len(x0),
-                               num_inference_steps=self.config.sample_num_inference_steps,
-                               guidance_scale=self.config.sample_guidance_scale,
-                               generator=torch.Generator().manual_seed(self.config.seed), output_type="np").images
+            out = pipeline(image, class_labels=labels, batch_size=None if labels else len(x0),
+                           num_inference_steps=self.config.sample_num_inference_steps,
+                           guidance_scale=self.config.sample_guidance_scale,
+                           generator=torch.Generator().manual_seed(self.config.seed), output_type="np")
+            samples = out.frames if self.video else out.images
         finally:
             pipeline.scheduler = scheduler
-        conditions = image.mean(1, keepdim=True).expand(-1, samples.shape[-1], -1, -1).permute(0, 2, 3, 1).cpu().numpy()
-        pairs = np.stack([conditions, samples], axis=1).reshape(-1, *samples.shape[1:])
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.video:  # per clip a row of conditions, then a row of its sampled frames
+            conditions = image.movedim(1, -1).cpu().numpy()  # (N, F, H, W, C)
+            rows = np.stack([conditions, samples], axis=1).reshape(-1, *samples.shape[2:])
+            make_grid(rows, columns=samples.shape[1]).save(path)
+            return
+        conditions = image.mean(1, keepdim=True).expand(-1, samples.shape[-1], -1, -1).permute(0, 2, 3, 1).cpu().numpy()
+        pairs = np.stack([conditions, samples], axis=1).reshape(-1, *samples.shape[1:])
         make_grid(pairs, columns=4).save(path)

@@ -16,9 +16,13 @@ task_options (all optional):
     camera_dim: 12 or null                             (4d; default 12, the flattened 3x4 extrinsics)
     max_frames, max_views: limits of the new layers    (default: the data's frames / views)
     freeze_spatial: train only the new layers          (default true with `base`, else false)
-    first_view_prob: 4d: probability that a clip's view 0 (its whole video) is given clean, flagged as known
-                     (`known_cells`) and left out of the loss; the saved pipeline then samples with
-                     first_view_mode="clean"                               (default 0: every cell noised)
+    given_cells: first_view | grid                     (4d: which cells a conditioned clip gets clean: view 0's
+                                                        whole video, or 4Real-Video's grid of view 0's video
+                                                        (first row) and every view at time 0 (first column);
+                                                        default first_view)
+    first_view_prob: 4d: probability that a clip's given cells are given clean, flagged as known (`known_cells`)
+                     and left out of the loss; the saved pipeline then samples with first_view_mode="clean"
+                                                       (default 0: every cell noised)
     num_frames, frame_size, num_digits, length, max_speed       (moving_digits)
     num_views, image_size, max_objects, random_azimuth, cache   (multiview)
     frame_stride, resolution, channels, clips_per_video, timeout (video_folder)
@@ -27,21 +31,35 @@ task_options (all optional):
                                                         prompt embedding, added to the timestep embedding by
                                                         zero-initialised layers; a class-conditional base then
                                                         gets its null class)
-    text_encoder: tiny | <folder>, text_hidden_size    (text: as in task `layered`)
+    text_encoder: tiny | contrastive | <folder>        (text: "tiny" a random tiny CLIP, "contrastive" the same
+                                                        trained beforehand to tell the captions apart
+                                                        (caption_encoder.py; `text_encoder_steps`, default 2000;
+                                                        kept in <output_dir>/caption_encoder for resumes), or a
+                                                        local CLIP folder; always frozen)
+    text_hidden_size: 32                               (text: width of the tiny encoders)
+    temporal_text: false                               (text: the prompt also modulates the temporal attention)
     caption_template: "a digit {name} moving {direction}"  (text: captions from the label and, for
                                                         motion=directed moving digits, the direction)
     text_dropout: 0.1                                  (text: captions replaced by "" for classifier-free guidance)
     motion: bounce | directed                          (moving_digits; directed: one of four straight motions)
+    shared_noise: 0.0                                  (fraction of the noise variance shared by a clip's frames
+                                                        (mixed noise, PYoCo: Ge et al., ICCV 2023), also the saved
+                                                        pipeline's sampling default)
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from PIL import Image
 
 from ..data.mnist import DIGIT_NAMES
-from ..pipelines.text_encoders import encode_pooled, frozen_text_encoder
+from ..files import replace_folder
+from ..pipelines.text_encoders import encode_pooled, frozen_text_encoder, tiny_text_encoder
+from ..pipelines.video import mix_noise
+from .caption_encoder import pretrain_caption_encoder
 from ..registry import create_model
 from .denoise_task import DenoiseTask, model_config_holder, model_overrides_for
 from .objectives import make_objective
@@ -50,6 +68,7 @@ from .task import Draws
 MODES = ("video", "4d")
 CONDITIONINGS = ("class", "text")
 DATA_KINDS = ("moving_digits", "multiview", "video_folder")
+GIVEN_CELLS = ("first_view", "grid")
 
 
 def load_base_transformer(folder):
@@ -88,6 +107,12 @@ class VideoTask(DenoiseTask):
         self.caption_template = self.option("caption_template", "a digit {name} moving {direction}")
         self.text_dropout = float(self.option("text_dropout", 0.1))
         self.tokenizer = self.text_encoder = None
+        self.given_cells = self.option("given_cells", "first_view")
+        if self.given_cells not in GIVEN_CELLS:
+            raise ValueError(f"task_options.given_cells must be one of {GIVEN_CELLS}, got {self.given_cells!r}.")
+        self.shared_noise = float(self.option("shared_noise", 0.0))
+        if not 0.0 <= self.shared_noise < 1.0:
+            raise ValueError(f"task_options.shared_noise must be in [0, 1), got {self.shared_noise}.")
         self.first_view_prob = float(self.option("first_view_prob", 0.0))
         if not 0.0 <= self.first_view_prob <= 1.0 or (self.first_view_prob and self.mode != "4d"):
             raise ValueError(f"task_options.first_view_prob must be in [0, 1] and needs mode=4d, got "
@@ -132,9 +157,9 @@ class VideoTask(DenoiseTask):
             kwargs.update(view=self.option("view", "attention"), camera_dim=self.option("camera_dim", 12),
                           max_views=self.option("max_views", shape[1]))
         if self.uses_text:
-            self.tokenizer, self.text_encoder = frozen_text_encoder(self.option("text_encoder", "tiny"),
-                                                                    int(self.option("text_hidden_size", 32)), config.seed)
+            self.tokenizer, self.text_encoder = self.build_text_encoder(dataset)
             kwargs["text_dim"] = self.text_encoder.config.hidden_size
+            kwargs["temporal_text"] = bool(self.option("temporal_text", False))
         model = inflate(base, to=self.mode, **kwargs)
         if model.config.in_channels != shape[0]:
             raise ValueError(f"The model takes {model.config.in_channels}-channel frames but the data gives {shape[0]}: "
@@ -144,6 +169,45 @@ class VideoTask(DenoiseTask):
                                         pixel_space=True, timestep_sampling=config.timestep_sampling)
         self.check_model_fits_data(model, dataset)
         return model
+
+    def build_text_encoder(self, dataset):
+        """The frozen (tokenizer, text encoder) of task_options.text_encoder; "contrastive" pretrains the tiny
+        one on this data's clips and captions, once per output folder (a resumed run reads it back)."""
+        source, width, seed = self.option("text_encoder", "tiny"), int(self.option("text_hidden_size", 32)), self.config.seed
+        if source != "contrastive":
+            return frozen_text_encoder(source, width, seed)
+        folder = Path(self.config.output_dir) / "caption_encoder"
+        if (folder / "text_encoder").is_dir():
+            return frozen_text_encoder(str(folder), width, seed)
+        tokenizer, text_encoder = tiny_text_encoder(hidden_size=width, seed=seed)
+        captions, caption_index = self.caption_set()
+        heldout = type(dataset)("heldout", num_frames=dataset.num_frames, frame_size=dataset.frame_size,
+                                num_digits=dataset.num_digits, length=400, max_speed=dataset.max_speed,
+                                overshoot=dataset.overshoot, seed=seed + 1, motion=dataset.motion)
+        steps = int(self.option("text_encoder_steps", 2000))
+        report = pretrain_caption_encoder(tokenizer, text_encoder, dataset, caption_index, captions, steps=steps,
+                                          seed=seed, heldout=heldout)
+        if PartialState().is_main_process:  # every process trains the same encoder; one writes it
+
+            def write(partial):
+                tokenizer.save_pretrained(Path(partial) / "tokenizer")
+                text_encoder.save_pretrained(Path(partial) / "text_encoder")
+                (Path(partial) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+            replace_folder(folder, write)
+        return tokenizer, text_encoder.requires_grad_(False)
+
+    def caption_set(self):
+        """(every caption the data can have, caption index of a (label, direction) item) for contrastive pretraining."""
+        from ..data.moving_digits import DIRECTIONS
+
+        if self.data_kind != "moving_digits":
+            raise ValueError("task_options.text_encoder=contrastive pretrains on captioned moving digits "
+                             "(data: moving_digits); give a CLIP folder or 'tiny' for other data.")
+        directions = len(DIRECTIONS) if "{direction}" in self.caption_template else 1
+        labels = [d for d in range(10) for _ in range(directions)]
+        moves = [m for _ in range(10) for m in range(directions)] if directions > 1 else None
+        return self.captions(labels, moves), lambda label, direction=0: directions * int(label) + int(direction) % directions
 
     def to_device(self, accelerator) -> None:
         if self.text_encoder is not None:
@@ -212,17 +276,22 @@ class VideoTask(DenoiseTask):
         noise = draws.randn(*x0.shape[1:]).to(x0.device)
         t = draws.take(self.objective.sample_timesteps(draws.global_batch, draws.generator)).to(x0.device)
         drop = self.label_drop(draws, len(x0)).to(x0.device)
+        if self.shared_noise:  # drawn after the others, so recipes without it replay as before
+            # one map per clip (per view in 4D), shared along the time axis (-3) as the pipelines share it
+            common = draws.randn(*x0.shape[1:-3], *x0.shape[-2:]).to(x0.device).unsqueeze(-3)
+            noise = mix_noise(noise, common, self.shared_noise)
         x_t, model_t = self.objective.noisy_input(x0, noise, t)
         given = None
         if self.first_view_prob:  # drawn after the others, so recipes without it replay as before
             given = (draws.rand() < self.first_view_prob).to(x0.device)
-            x_t, extra = give_first_view(x0, x_t, given, extra)
+            x_t, extra = give_cells(x0, x_t, given, extra, self.given_cells)
         if self.uses_text:  # drawn last, so recipes without text replay their old draws exactly
             extra["text_embeds"] = self.text_embeds(extra.pop("captions"), draws.rand() < self.text_dropout, x0.device)
         out = model(x_t, model_t.to(x0.device), **self.label_kwargs(labels, drop), **extra).sample
         loss = self.objective.loss(out, x0, noise, x_t, t)
-        if given is not None:  # a given view is no target: those clips' loss is on the other views only
-            others = self.objective.loss(out[:, :, 1:], x0[:, :, 1:], noise[:, :, 1:], x_t[:, :, 1:], t)
+        if given is not None:  # given cells are no target: those clips' loss is on the other cells only
+            rest = unknown_cells(self.given_cells)
+            others = self.objective.loss(out[rest], x0[rest], noise[rest], x_t[rest], t)
             loss = torch.where(given, others, loss)
         return loss.mean()
 
@@ -236,6 +305,11 @@ class VideoTask(DenoiseTask):
         return VideoPipeline(transformer=model, scheduler=self.objective.make_scheduler(),
                              text_encoder=self.text_encoder, tokenizer=self.tokenizer)
 
+    def record_sampling(self, pipeline) -> None:
+        super().record_sampling(pipeline)
+        if self.shared_noise:
+            pipeline.register_sampling_defaults({**pipeline.config.sampling_defaults, "shared_noise": self.shared_noise})
+
     def sample_prompts(self, num_videos: int) -> list[str] | None:
         """Captions for the sample videos: digits 0, 1, ... with the four directions in turn (text models)."""
         if not self.uses_text:
@@ -246,19 +320,31 @@ class VideoTask(DenoiseTask):
     def save_samples(self, pipeline, path) -> None:
         num_videos = self.option("sample_videos", 8)
         save_video_samples(pipeline, self.mode, self.build_dataset(), self.config, path, num_videos=num_videos,
-                           prompts=self.sample_prompts(num_videos))
+                           prompts=self.sample_prompts(num_videos),
+                           given_cells=self.given_cells if self.first_view_prob else None)
 
 
-def give_first_view(x0, x_t, given, extra):
-    """x_t with view 0 of the `given` clips ((B,) bool) clean, and extra with their `known_cells` (B, V, T)."""
+def give_cells(x0, x_t, given, extra, layout: str = "first_view"):
+    """x_t with the `layout` cells of the `given` clips ((B,) bool) clean, and extra with their `known_cells`
+    (B, V, T): view 0's video ("first_view"), or view 0's video and every view at time 0 ("grid")."""
     cells = torch.zeros(x0.shape[0], x0.shape[2], x0.shape[3], dtype=torch.bool, device=x0.device)
     cells[:, 0] = given[:, None]
+    if layout == "grid":
+        cells[:, :, 0] = given[:, None]
     return torch.where(cells[:, None, :, :, None, None], x0, x_t), dict(extra, known_cells=cells)
 
 
-def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 8, prompts=None):
+def unknown_cells(layout: str) -> tuple:
+    """The index of the (B, C, V, T, ...) cells left to generate when the `layout` cells are given."""
+    if layout == "grid":
+        return (slice(None), slice(None), slice(1, None), slice(1, None))
+    return (slice(None), slice(None), slice(1, None))
+
+
+def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 8, prompts=None, given_cells=None):
     """A PNG of samples (video: one row per video, frames left to right; 4d: grids, rows = time, columns =
-    views) and a GIF beside it; `prompts` (one per video) for a text-conditioned model."""
+    views) and a GIF beside it; `prompts` (one per video) for a text-conditioned model; `given_cells`
+    ("first_view" or "grid", 4d) gives the data's cells the model was trained to complete from."""
     from ..pipelines.schedulers import make_scheduler
     from ..pipelines.video_export import export_to_video, grid_4d, views_side_by_side
     from ..grids import make_grid
@@ -275,9 +361,15 @@ def save_video_samples(pipeline, mode, dataset, config, path, num_videos: int = 
             cameras = torch.stack([it["cameras"] for it in items])
             timestamps = torch.stack([it["timestamps"] for it in items])
             shape = dataset.sample_shape
+            given = {}
+            if given_cells is not None:
+                video = torch.stack([it["video"] for it in items])
+                given["first_view"] = video[:, :, 0]
+                if given_cells == "grid":
+                    given["first_frame"] = video[:, :, :, 0]
             frames = pipeline(batch_size=len(items), num_views=shape[1], num_frames=shape[2], cameras=cameras,
                               timestamps=timestamps, num_inference_steps=config.sample_num_inference_steps,
-                              generator=generator, output_type="np").frames
+                              generator=generator, output_type="np", **given).frames
             grids = [np.asarray(grid_4d(sample)) for sample in frames]
             Image.fromarray(np.concatenate(grids, axis=1)).save(path)
             export_to_video(views_side_by_side(frames[0]), path.with_suffix(".gif"), fps=4, scale=4)
