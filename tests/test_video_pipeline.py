@@ -348,3 +348,38 @@ def test_video_and_4d_sampling_arguments_are_checked(video_pipe, fourd_pipe, kwa
         video_pipe(**{"class_labels": [0], "num_frames": 2, "num_inference_steps": 1, **kwargs})
     with pytest.raises(ValueError, match=match):
         fourd_pipe(**{"batch_size": 1, "num_frames": 2, "num_inference_steps": 1, **kwargs})
+
+
+def test_noise_rescheduling_reuses_the_first_window_noise_shuffled_per_stride():
+    from convdiff.pipelines.video import reschedule_noise
+
+    noise = torch.randn(2, 1, 13, 3, 3)
+    out = reschedule_noise(noise, window=6, overlap=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, :6], noise[:, :, :6])  # the first window keeps its own noise
+    for start, count in ((6, 4), (10, 3)):  # each stride (the last one short) permutes frames one window earlier
+        chunk, source = out[:, :, start : start + count], out[:, :, start - 6 : start - 6 + count]
+        matches = [[torch.equal(chunk[:, :, i], source[:, :, j]) for j in range(count)] for i in range(count)]
+        assert sorted(row.index(True) for row in matches) == list(range(count))
+    again = reschedule_noise(noise, window=6, overlap=2, generator=torch.Generator().manual_seed(0))  # seeded
+    assert torch.equal(out, again)
+
+
+def test_long_clips_sample_with_noise_rescheduling_by_argument_or_saved_default(tmp_path):
+    torch.manual_seed(0)
+    model = inflate(create_model("dic-tiny", in_channels=1, num_classes=10, learn_sigma=False, **TINY),
+                    to="video", max_frames=4).eval()
+    pipe = VideoPipeline(model, DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(class_labels=[1], num_frames=7, window_overlap=2, num_inference_steps=2, output_type="np")
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    rescheduled = pipe(**call, noise_rescheduling=True, generator=torch.Generator().manual_seed(0)).frames
+    assert plain.shape == rescheduled.shape == (1, 7, 8, 8, 1) and not np.array_equal(plain, rescheduled)
+    # at init the frames are independent: frames that only the first window covers keep their noise and output
+    np.testing.assert_array_equal(rescheduled[:, :2], plain[:, :2])
+    pipe.register_sampling_defaults({"noise_rescheduling": True, "num_inference_steps": 2})
+    pipe.save_pretrained(tmp_path)
+    loaded = VideoPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    default = loaded(class_labels=[1], num_frames=7, window_overlap=2, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).frames
+    np.testing.assert_array_equal(default, rescheduled)

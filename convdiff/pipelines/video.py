@@ -76,6 +76,21 @@ def mix_noise(noise: torch.Tensor, common: torch.Tensor, shared: float) -> torch
     return math.sqrt(shared) * common + math.sqrt(1.0 - shared) * noise
 
 
+def reschedule_noise(noise: torch.Tensor, window: int, overlap: int, generator=None) -> torch.Tensor:
+    """FreeNoise's noise rescheduling (Qiu et al., ICLR 2024, arXiv 2310.15169) along the frame axis (-3): past
+    the first window, each stride of `window - overlap` frames takes the noise of the frames one window earlier,
+    shuffled, so every window starts from a rearrangement of the same noise and long clips keep their content."""
+    frames, stride = noise.shape[-3], window - overlap
+    if isinstance(generator, list):
+        generator = generator[0]
+    out = noise.clone()
+    for start in range(window, frames, stride):
+        count = min(stride, frames - start)
+        order = start - window + torch.randperm(count, generator=generator, device="cpu")
+        out[..., start : start + count, :, :] = out[..., order.to(noise.device), :, :]
+    return out
+
+
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
     """Start frames of windows of `window` frames overlapping by at least `overlap`, covering every frame."""
     if window >= num_frames:
@@ -100,6 +115,7 @@ class FramesState(SamplingState):
     `time_kwargs` names the model kwargs with a frame axis last, cut to each window."""
 
     shared_noise: float = 0.0
+    noise_rescheduling: bool = False  # FreeNoise: windows past the first reuse its noise, shuffled
     known: torch.Tensor | None = None
     known_mask: torch.Tensor | None = None
     known_noise: torch.Tensor | None = None
@@ -196,6 +212,8 @@ class _FramesPipeline(ClassConditionalPipeline):
             raise ValueError(f"shared_noise must be in [0, 1] (fraction of noise variance shared by the frames), "
                              f"got {shared_noise}.")
         noise = super().initial_noise(state)
+        if state.noise_rescheduling and state.window is not None and shape[-3] > state.window:
+            noise = reschedule_noise(noise, state.window, state.overlap, state.generator)
         if shared_noise > 0:
             common = super().initial_noise(replace(state, shape=(*shape[:-3], 1, *shape[-2:])))
             noise = mix_noise(noise, common, shared_noise)
@@ -358,6 +376,8 @@ class VideoPipeline(_FramesPipeline):
         vae: optional `AutoencoderKL`, applied frame by frame.
     """
 
+    builtin_sampling = {**_FramesPipeline.builtin_sampling, "noise_rescheduling": False}
+
     @torch.no_grad()
     def __call__(
         self,
@@ -375,6 +395,7 @@ class VideoPipeline(_FramesPipeline):
         shared_noise: float | None = None,
         timestamps: torch.Tensor | None = None,
         window_frames: int | None = None,
+        noise_rescheduling: bool | None = None,
         window_overlap: int = 4,
         height: int | None = None,
         width: int | None = None,
@@ -398,11 +419,13 @@ class VideoPipeline(_FramesPipeline):
                 pipeline's saved default, the share its model was trained with).
             timestamps: optional (B, F) or (F,) frame times for models with time conditioning.
             window_frames, window_overlap: window length and overlap for long videos.
+            noise_rescheduling: for long videos, FreeNoise's rescheduling of the starting noise (each window
+                past the first starts from the first window's noise, shuffled); None: the pipeline's saved default.
             output_type: "pil", "np", "pt" or "latent" (see `VideoPipelineOutput`).
         """
         sampling = self.sampling_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                            guidance_channels=guidance_channels, guidance_schedule=guidance_schedule,
-                                           shared_noise=shared_noise)
+                                           shared_noise=shared_noise, noise_rescheduling=noise_rescheduling)
         num_inference_steps, guidance_scale = sampling["num_inference_steps"], sampling["guidance_scale"]
         guidance_channels, guidance_schedule = sampling["guidance_channels"], sampling["guidance_schedule"]
         shared_noise = sampling["shared_noise"]
@@ -429,7 +452,8 @@ class VideoPipeline(_FramesPipeline):
 
         state = self.sampling_state(shape, labels, generator, guidance_channels, guidance_schedule, {**extra, **text},
                                     shared_noise=shared_noise, known=known, known_mask=known_mask, window=window,
-                                    overlap=window_overlap, unconditional_kwargs=unconditional_text)
+                                    overlap=window_overlap, unconditional_kwargs=unconditional_text,
+                                    noise_rescheduling=bool(sampling["noise_rescheduling"]))
         latents = self.sample_frames(state, latents, num_inference_steps, guidance_scale, callback_on_step_end,
                                      callback_on_step_end_tensor_inputs)
         frames = self.to_output(latents, output_type)
