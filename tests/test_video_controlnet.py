@@ -261,3 +261,21 @@ def load_state(folder):
     from safetensors.torch import load_file
 
     return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def test_video_edge_evaluation_reads_real_frames_at_the_ceiling_and_an_untrained_controlnet_as_no_control():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from convdiff.apps.controlnet_demo import evaluate_video
+
+    torch.manual_seed(0)
+    base = create_model("dic-tiny", in_channels=1, num_classes=10, learn_sigma=False, prediction_type="flow",
+                        hidden_size=8, depth=[1, 1, 1, 1, 1], sample_size=28)
+    video = inflate(base, to="video", max_frames=4).eval()
+    pipe = VideoControlNetPipeline(video, ControlNet.from_backbone(video, conditioning_channels=1),
+                                   FlowMatchEulerDiscreteScheduler(), sampling_defaults={"num_inference_steps": 1})
+    metrics, conditions, controlled, uncontrolled = evaluate_video(pipe, num_clips=2, num_frames=3, batch_size=2)
+    assert conditions.shape == controlled.shape == (6, 1, 28, 28)
+    assert metrics["the clip's own frames (the detector's ceiling)"]["edge IoU"] == 1.0
+    assert torch.equal(controlled, uncontrolled)  # zero-initialised ControlNet: no control yet
+    assert metrics["controlled"] == metrics["uncontrolled"]
