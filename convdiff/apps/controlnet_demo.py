@@ -146,21 +146,32 @@ def controlnet_demo_main(argv=None):
         started = time.perf_counter()
         controlnet_dir = train(config) / "controlnet"
         print(f"trained in {time.perf_counter() - started:.0f} s")
-    if is_video_pipeline(config.task_options["base"]):
+    video = is_video_pipeline(config.task_options["base"])
+    started = time.perf_counter()
+    if video:
         base = VideoPipeline.from_pretrained(config.task_options["base"])
         pipe = VideoControlNetPipeline.from_base(base, ControlNet.from_pretrained(controlnet_dir))
         num_frames = int(config.task_options.get("num_frames", 8))
-        started = time.perf_counter()
-        metrics, conditions, controlled, uncontrolled = evaluate_video(pipe, args.num_digits, num_frames)
-        print(f"evaluated {args.num_digits} held-out clips x {num_frames} frames x 2 arms in "
-              f"{time.perf_counter() - started:.0f} s (the pipeline's default call, {pipe.sampling_arguments()}; "
-              "Canny edges of every sampled frame vs its condition)")
-        print(markdown_table(metrics))
-        grid_path = Path(args.grid) if args.grid else Path(config.output_dir) / "controlnet-video-grid.png"
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        comparison_grid(conditions, controlled, uncontrolled, count=2 * num_frames, per_row=num_frames // 2).save(grid_path)
-        print(f"grid (condition | controlled | uncontrolled, frames in order): {grid_path}")
-        return 0
+        metrics, *images = evaluate_video(pipe, args.num_digits, num_frames)
+        what = (f"{args.num_digits} held-out clips x {num_frames} frames x 2 arms", "the pipeline's default call",
+                "every sampled frame")
+        grid = dict(count=2 * num_frames, per_row=num_frames // 2)
+    else:
+        base = ClassConditionalPipeline.from_pretrained(config.task_options["base"])
+        pipe = ControlNetPipeline.from_base(base, ControlNet.from_pretrained(controlnet_dir))
+        metrics, *images = evaluate(pipe, args.num_digits, args.steps, args.scheduler)
+        what = (f"{args.num_digits} held-out digits x 2 arms", args.scheduler or type(pipe.scheduler).__name__,
+                "the samples")
+        grid = {}
+    print(f"evaluated {what[0]} in {time.perf_counter() - started:.0f} s ({what[1]}, "
+          f"{pipe.sampling_arguments(num_inference_steps=args.steps)}, Canny edges of {what[2]} vs the condition)")
+    print(markdown_table(metrics))
+    name = "controlnet-video-grid.png" if video else "controlnet-grid.png"
+    grid_path = Path(args.grid) if args.grid else Path(config.output_dir) / name
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    comparison_grid(*images, **grid).save(grid_path)
+    print(f"grid (condition | controlled | uncontrolled): {grid_path}")
+    return 0
     base = ClassConditionalPipeline.from_pretrained(config.task_options["base"])
     pipe = ControlNetPipeline.from_base(base, ControlNet.from_pretrained(controlnet_dir))
     started = time.perf_counter()
