@@ -116,14 +116,11 @@ class SpatioTemporalBlock(nn.Module):
         self.sync = sync
         self.context = context
 
-    def __getattr__(self, name):
-        """Attributes the backbone reads from its blocks (DiT reads blocks[0].norm1) come from the 2D block."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "block":
-                raise
-            return getattr(self.block, name)
+    @property
+    def norm1(self) -> nn.Module:
+        """The one attribute a backbone reads from its blocks: diffusers' DiTTransformer2DModel takes its
+        AdaLN-Zero conditioning from transformer_blocks[0].norm1, which is the wrapped block's."""
+        return self.block.norm1
 
     def forward(self, x, *args, **kwargs):
         out = self.block(x, *args, **kwargs)
