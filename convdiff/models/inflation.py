@@ -15,7 +15,6 @@ models that own the rewritten backbone are in video.py, and the grid sizes reach
 their shared `GridContext`.
 """
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -186,11 +185,11 @@ def resolve_base_class(path: str) -> type:
 
 def call_backbone(base: nn.Module, frames, timesteps, class_labels=None, force_drop_ids=None, **kwargs) -> list:
     """base(frames, t, class_labels, ...) -> [(N, C_out, H, W) prediction] for any convdiff 2D backbone; one per
-    scale, top first, for a multi-scale one (frames is then a list too)."""
-    params = inspect.signature(base.forward).parameters
-    if class_labels is not None or "class_labels" in params:
+    scale, top first, for a multi-scale one (frames is then a list too). Labels and label-dropout ids go to the
+    backbone when given (diffusers' own models take no force_drop_ids: they refuse it by name)."""
+    if class_labels is not None:
         kwargs["class_labels"] = class_labels
-    if force_drop_ids is not None and "force_drop_ids" in params:
+    if force_drop_ids is not None:
         kwargs["force_drop_ids"] = force_drop_ids
     out = base(frames, timesteps, return_dict=False, **kwargs)
     if isinstance(out, (tuple, list)) and len(out) > 1 and isinstance(out[1], (tuple, list)):

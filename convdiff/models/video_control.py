@@ -11,12 +11,14 @@ The conditioning image is one per sample, shared by every frame (B, C, H, W), or
 (B, C, F, H, W) / per view-time cell (B, C, V, T, H, W); `condition_frames` lays it out as those rows.
 """
 
-import inspect
 import math
 
 import torch
 
 from ..nn.layouts import grid_to_frames, video_to_grid
+
+# what the inflated model's forward reads itself besides labels, cameras and times (video.py `_run`)
+OWN_KEYWORDS = ("text_embeds", "known_cells")
 
 
 def condition_frames(sample, condition: torch.Tensor) -> torch.Tensor:
@@ -74,8 +76,7 @@ class InflatedControlMixin:
             return base_model.control_encode(frames, timesteps, class_labels=labels, force_drop_ids=drop_ids,
                                              stem_residual=stem, **kwargs)
 
-        # keywords the inflated model itself reads (text_embeds, known_cells, ...) go to _run, the rest to the backbone
-        own = inspect.signature(self._run).parameters
-        frame_kwargs = {k: conditioning.pop(k) for k in list(conditioning) if k in own}
+        # keywords the inflated model itself reads go to _run, the rest to the backbone
+        frame_kwargs = {k: conditioning.pop(k) for k in OWN_KEYWORDS if k in conditioning}
         return self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, conditioning, call=encode,
                          **frame_kwargs)
