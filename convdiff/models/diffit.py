@@ -55,6 +55,9 @@ class DiffiTBlock(nn.Module):
     self-attention (a TimeDependentSelfAttention with `qkv`, `qkv_temb`, `proj`, `position_bias`).
     """
 
+    # its rows are windows of a frame (run_in_windows): video inflation gathers them per frame (inflation.py)
+    runs_on_windows = True
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, window_size=None,
                  temb_dim: int | None = None):
         super().__init__()

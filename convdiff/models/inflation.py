@@ -114,6 +114,7 @@ class SpatioTemporalBlock(nn.Module):
         self.view = nn.ModuleList(view)
         self.sync = sync
         self.context = context
+        self.runs_on_windows = getattr(type(block), "runs_on_windows", False)  # declared by the block class
 
     @property
     def norm1(self) -> nn.Module:
@@ -135,8 +136,11 @@ class SpatioTemporalBlock(nn.Module):
         is_map = hidden.dim() == 4  # (N, C, H, W) maps or (N, S, C) tokens
         tokens = maps_to_tokens(hidden) if is_map else hidden
         frames, windows = self.context.frames_in_batch(), 1
-        if frames and tokens.shape[0] != frames and tokens.shape[0] % frames == 0:
+        if frames and self.runs_on_windows:
             # a windowed block (DiffiT) ran on (frames * windows, window tokens, C): gather each frame's windows
+            if tokens.shape[0] % frames:
+                raise ValueError(f"a windowed block returned {tokens.shape[0]} rows for {frames} frames; expected "
+                                 "a whole number of windows per frame.")
             windows = tokens.shape[0] // frames
             tokens = rearrange(tokens, "(n k) s c -> n (k s) c", k=windows)
         for layer in self.temporal:
