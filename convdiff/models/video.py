@@ -230,12 +230,11 @@ class _InflatedModel(InflatedControlMixin, RegionalCompileMixin, ModelMixin, Con
                              f"{grid.views}, {grid.frames}) (or (batch, frames) for a video), got {tuple(known.shape)}.")
         return known.reshape(-1)
 
-    def _run(self, grid_inputs: list, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs,
-             text_embeds=None, known_cells=None, call=None):
-        """(B, C, V, T, H, W) grids (one per scale) -> the backbone's per-frame predictions as grids.
-        `known_cells` marks frames given clean (conditioning frames): they are embedded at timestep 0.
-        `call` replaces `call_backbone` (video_control.py: a ControlNet copy's encoder) and its per-frame
-        output is returned as it is."""
+    def frames_for_backbone(self, grid_inputs: list, timestep, class_labels=None, cameras=None, timestamps=None,
+                            force_drop_ids=None, text_embeds=None, known_cells=None, **base_kwargs) -> "FrameBatch":
+        """(B, C, V, T, H, W) grids (one per scale) and per-video conditioning -> what the 2D backbone runs on:
+        one row per frame (both streams of a two-stream model), and the grid context of the inserted layers.
+        `known_cells` marks frames given clean (conditioning frames): they are embedded at timestep 0."""
         batch, channels, views, frames = grid_inputs[0].shape[:4]
         grid = Grid(batch, views, frames)
         self._check_grid(grid)
@@ -264,28 +263,44 @@ class _InflatedModel(InflatedControlMixin, RegionalCompileMixin, ModelMixin, Con
         def per_frame(t):  # (B, ...) -> (streams * B*V*T, ...)
             return None if t is None else t.repeat_interleave(per_video, dim=0).repeat(streams, *([1] * (t.dim() - 1)))
 
+        def both_streams(t):  # (B*V*T, ...) -> (streams * B*V*T, ...)
+            return None if t is None else t.repeat(streams, *([1] * (t.dim() - 1)))
+
         frame_timesteps = timesteps.repeat_interleave(per_video)
         if known_cells is not None:  # a per-frame noise level tells the model which frames are the given ones
             known = self._known_frames(known_cells, grid, device)
             frame_timesteps = torch.where(known, torch.zeros_like(frame_timesteps), frame_timesteps)
-        extra = {k: per_frame(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch else v
-                 for k, v in base_kwargs.items()}
-        frames_in = [grid_to_frames(x).repeat(streams, 1, 1, 1) for x in grid_inputs]
-        with self.context.scope(
-                grid, self.two_stream,
-                sync_condition=(self.sync_embedding(frame_timesteps, grid_inputs[0].dtype) if self.two_stream
-                                else None),
-                frame_cameras=None if frame_cameras is None else frame_cameras.repeat(streams, 1),
-                frame_timestamps=None if frame_timestamps is None else frame_timestamps.repeat(streams),
-                frame_text=None if frame_text is None else frame_text.repeat(streams, 1)):
-            outputs = (call or call_backbone)(self.base, frames_in if len(frames_in) > 1 else frames_in[0],
-                                              frame_timesteps.repeat(streams), per_frame(labels),
-                                              per_frame(force_drop_ids), **extra)
-        if call is not None:
-            return outputs
-        if self.two_stream:  # average the view stream's and the time stream's predictions
-            outputs = [out.unflatten(0, (2, -1)).mean(0) for out in outputs]
-        return [frames_to_grid(out, grid) for out in outputs]
+        sync = self.sync_embedding(frame_timesteps, grid_inputs[0].dtype) if self.two_stream else None
+        frames_in = [both_streams(grid_to_frames(x)) for x in grid_inputs]
+        return FrameBatch(
+            frames=frames_in if len(frames_in) > 1 else frames_in[0], timesteps=both_streams(frame_timesteps),
+            class_labels=per_frame(labels), force_drop_ids=per_frame(force_drop_ids),
+            kwargs={k: per_frame(v) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch else v
+                    for k, v in base_kwargs.items()},
+            context=dict(grid=grid, two_stream=self.two_stream, sync_condition=sync,
+                         frame_cameras=both_streams(frame_cameras), frame_timestamps=both_streams(frame_timestamps),
+                         frame_text=both_streams(frame_text)))
+
+    def run_backbone(self, frames: "FrameBatch") -> list:
+        """The 2D backbone on every frame, inside the grid context -> per-frame predictions, one per scale."""
+        with self.context.scope(**frames.context):
+            return call_backbone(self.base, frames.frames, frames.timesteps, frames.class_labels,
+                                 frames.force_drop_ids, **frames.kwargs)
+
+
+@dataclass
+class FrameBatch:
+    """One forward's backbone input: `frames` (rows = frames, (b, v, t) order, both streams of a two-stream
+    model; a list per scale for a multi-scale backbone), per-frame `timesteps`, `class_labels`,
+    `force_drop_ids`, other backbone `kwargs`, and the `context` (GridContext.scope arguments) the inserted
+    layers read."""
+
+    frames: torch.Tensor | list
+    timesteps: torch.Tensor
+    class_labels: torch.Tensor | None
+    force_drop_ids: torch.Tensor | None
+    kwargs: dict
+    context: dict
 
 
 class InflatedVideoModel(_InflatedModel):
@@ -324,9 +339,12 @@ class InflatedVideoModel(_InflatedModel):
         batch axis (e.g. encoder_hidden_states) are repeated per frame and passed to the 2D backbone."""
         videos = self._inputs(hidden_states, 5, "a video (batch, channels, frames, height, width)",
                               "add a frame axis to images with x[:, :, None]")
-        outputs = self._run([video_to_grid(x) for x in videos], timestep, class_labels, None, timestamps,
-                            force_drop_ids, base_kwargs, text_embeds, known_cells)
-        return self._output([grid_to_video(out) for out in outputs], return_dict)
+        frames = self.frames_for_backbone([video_to_grid(x) for x in videos], timestep, class_labels,
+                                          timestamps=timestamps, force_drop_ids=force_drop_ids, text_embeds=text_embeds,
+                                          known_cells=known_cells, **base_kwargs)
+        grid = frames.context["grid"]
+        outputs = [grid_to_video(frames_to_grid(out, grid)) for out in self.run_backbone(frames)]
+        return self._output(outputs, return_dict)
 
 
 # Its config signature shares InflatedVideoModel's first arguments: register_to_config needs each one spelled out.
@@ -369,9 +387,12 @@ class InflatedFourDModel(_InflatedModel):
         known_cells (B, V, T) bool: cells given clean (e.g. view 0's video), embedded at timestep 0."""
         grids = self._inputs(hidden_states, 6, "a grid (batch, channels, views, frames, height, width)",
                              "for a single-view video add a view axis with x[:, :, None]")
-        outputs = self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, base_kwargs, text_embeds,
-                            known_cells)
-        return self._output(outputs, return_dict)
+        frames = self.frames_for_backbone(grids, timestep, class_labels, cameras, timestamps, force_drop_ids,
+                                          text_embeds, known_cells, **base_kwargs)
+        outputs = self.run_backbone(frames)
+        if self.two_stream:  # average the view stream's and the time stream's predictions
+            outputs = [out.unflatten(0, (2, -1)).mean(0) for out in outputs]
+        return self._output([frames_to_grid(out, frames.context["grid"]) for out in outputs], return_dict)
 
 
 def inflate(model: nn.Module, to: str = "video", temporal=None, view: str = "attention",

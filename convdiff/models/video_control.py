@@ -17,9 +17,6 @@ import torch
 
 from ..nn.layouts import grid_to_frames, video_to_grid
 
-# what the inflated model's forward reads itself besides labels, cameras and times (video.py `_run`)
-OWN_KEYWORDS = ("text_embeds", "known_cells")
-
 
 def condition_frames(sample, condition: torch.Tensor) -> torch.Tensor:
     """A checked conditioning image as one row per frame of `sample` (a 2D sample: as it is)."""
@@ -67,16 +64,13 @@ class InflatedControlMixin:
         inputs = self._inputs(hidden_states, dims, "a video (batch, channels, frames, height, width) or a grid (batch, "
                               "channels, views, frames, height, width)", "pass what the model's forward takes")
         grids = [video_to_grid(x) if x.dim() == 5 else x for x in inputs]
-        self._controllable_base()
-
-        def encode(base_model, frames, timesteps, labels=None, drop_ids=None, **kwargs):
-            stem = stem_residual
-            if stem is not None:  # a two-stream model runs every frame twice (view stream, time stream)
-                stem = stem.repeat(timesteps.shape[0] // stem.shape[0], *([1] * (stem.dim() - 1)))
-            return base_model.control_encode(frames, timesteps, class_labels=labels, force_drop_ids=drop_ids,
-                                             stem_residual=stem, **kwargs)
-
-        # keywords the inflated model itself reads go to _run, the rest to the backbone
-        frame_kwargs = {k: conditioning.pop(k) for k in OWN_KEYWORDS if k in conditioning}
-        return self._run(grids, timestep, class_labels, cameras, timestamps, force_drop_ids, conditioning, call=encode,
-                         **frame_kwargs)
+        base = self._controllable_base()
+        frames = self.frames_for_backbone(grids, timestep, class_labels, cameras, timestamps, force_drop_ids,
+                                          **conditioning)
+        if stem_residual is not None:  # a two-stream model runs every frame twice (view stream, time stream)
+            rows = frames.timesteps.shape[0] // stem_residual.shape[0]
+            stem_residual = stem_residual.repeat(rows, *([1] * (stem_residual.dim() - 1)))
+        with self.context.scope(**frames.context):
+            return base.control_encode(frames.frames, frames.timesteps, class_labels=frames.class_labels,
+                                       force_drop_ids=frames.force_drop_ids, stem_residual=stem_residual,
+                                       **frames.kwargs)
