@@ -14,7 +14,7 @@ import yaml
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from convdiff import create_model
-from convdiff.apps.shipped import CONTROLNET, ROOT, SHIPPED, load_shipped
+from convdiff.apps.shipped import CONTROLNETS, ROOT, SHIPPED, load_shipped
 from convdiff.pipelines import ClassConditionalPipeline, ControlNetPipeline, LayeredTextToImagePipeline, VideoPipeline
 from convdiff.pipelines.schedulers import make_scheduler
 
@@ -71,7 +71,7 @@ def test_diffusers_loads_every_shipped_folder_offline(name, monkeypatch):
     assert imports == [f"from {type(pipe).__module__} import {expected}  # noqa: F401"]  # only the installed convdiff
 
 
-@pytest.mark.parametrize("folder", [*SHIPPED, CONTROLNET], ids=[*SHIPPED_IDS, CONTROLNET.name])
+@pytest.mark.parametrize("folder", [*SHIPPED, *CONTROLNETS], ids=[*SHIPPED_IDS, *(f.name for f in CONTROLNETS)])
 def test_every_shipped_folder_has_a_model_card(folder):
     card = (ROOT / "pipelines" / folder.name / "README.md").read_text()
     _, header, body = card.split("---\n", 2)

@@ -25,6 +25,8 @@ class ShippedFolder:
     sampling: dict  # its sampling_defaults
     training: dict
     evaluation: list
+    controls: str | None = None  # a ControlNet folder: the pipeline class of the base it steers
+    steers_with: str = ""  # a ControlNet folder: what its condition is
 
 
 SHIPPED = [
@@ -79,7 +81,7 @@ SHIPPED = [
          "- command: convdiff video-demo --config configs/4d-synthetic.yaml --pipeline pipelines/4d-synthetic "
          "--num-videos 16 (docs/video.md)"]),
 ]
-CONTROLNET = ShippedFolder(
+CONTROLNETS = [ShippedFolder(
     "controlnet-dic-mnist", None, None, {},
     {"recipe": "configs/controlnet-dic-mnist.yaml (train_config.yaml in this folder)",
      "steps": "500 steps of 32 training digits with their Canny edge maps, lr 1e-3, 10% empty conditions, fp32",
@@ -88,7 +90,9 @@ CONTROLNET = ShippedFolder(
     ["- edge IoU of the samples' Canny edges vs the condition on 300 held-out digits, the default call of "
      "ControlNetPipeline.from_base (the base's Euler 20 steps, guidance 2): 0.787 (0.992 with 1 px slack); "
      "uncontrolled 0.188 (0.685)",
-     "- command: convdiff controlnet-demo --controlnet pipelines/controlnet-dic-mnist --num-digits 300"])
+     "- command: convdiff controlnet-demo --controlnet pipelines/controlnet-dic-mnist --num-digits 300"],
+    controls="ClassConditionalPipeline", steers_with="the Canny edge map of a digit, (N, 1, 28, 28) in [0, 1]"),
+]
 
 
 def load_shipped(folder: ShippedFolder, root: Path = ROOT):
@@ -101,17 +105,26 @@ def controlnet_card(folder: ShippedFolder, controlnet) -> str:
     from ..pipelines.model_card import LICENSE, render_card
 
     parameters = sum(p.numel() for p in controlnet.parameters()) / 1e6
-    header = {"library_name": "diffusers", "pipeline_tag": "image-to-image", "license": LICENSE,
-              "tags": ["convdiff", "controlnet", "dic"], "base_model": folder.training["base model"]}
-    lines = [f"- a `ControlNet` ({parameters:.2f}M parameters) for `pipelines/dic-mnist`: it steers the base with the "
-             "Canny edge map of a digit (a model folder, not a pipeline: put it on the base pipeline)",
-             "- a call with no sampling arguments uses the base pipeline's defaults (Euler, 20 steps, guidance 2)"]
+    base = folder.training["base model"]
+    video = folder.controls == "VideoPipeline"
+    controlled = "VideoControlNetPipeline" if video else "ControlNetPipeline"
+    header = {"library_name": "diffusers", "pipeline_tag": "image-to-video" if video else "image-to-image",
+              "license": LICENSE, "tags": ["convdiff", "controlnet", "dic"], "base_model": base}
+    base_pipe = load_shipped(next(f for f in SHIPPED if f"pipelines/{f.name}" == base))
+    sampling = base_pipe.sampling_arguments()
+    defaults = (f"{type(base_pipe.scheduler).__name__}, {sampling['num_inference_steps']} steps, guidance "
+                f"{sampling['guidance_scale']}" + (f", shared noise {sampling['shared_noise']}"
+                                                  if sampling.get("shared_noise") else ""))
+    lines = [f"- a `ControlNet` ({parameters:.2f}M parameters) for `{base}`: it steers the base with "
+             f"{folder.steers_with} (a model folder, not a pipeline: put it on the base pipeline)",
+             f"- a call with no sampling arguments uses the base pipeline's defaults ({defaults})"]
+    output = "frames" if video else "images"
     usage_code = ("from convdiff.models import ControlNet\n"
-                  "from convdiff.pipelines import ClassConditionalPipeline, ControlNetPipeline\n"
-                  'base = ClassConditionalPipeline.from_pretrained("pipelines/dic-mnist")\n'
-                  'pipe = ControlNetPipeline.from_base(base, ControlNet.from_pretrained("pipelines/controlnet-dic-mnist"))\n'
-                  "images = pipe(edge_maps, class_labels=labels).images  # edge_maps: (N, 1, 28, 28) in [0, 1]")
-    return render_card(header, "ControlNet for pipelines/dic-mnist, trained by convdiff", lines, usage_code,
+                  f"from convdiff.pipelines import {folder.controls}, {controlled}\n"
+                  f'base = {folder.controls}.from_pretrained("{base}")\n'
+                  f'pipe = {controlled}.from_base(base, ControlNet.from_pretrained("pipelines/{folder.name}"))\n'
+                  f"{output} = pipe(edge_maps, class_labels=labels).{output}")
+    return render_card(header, f"ControlNet for {base}, trained by convdiff", lines, usage_code,
                        {"Training": folder.training}, folder.evaluation)
 
 
@@ -121,7 +134,7 @@ def reseal(folder: ShippedFolder, root: Path = ROOT) -> Path:
     from ..pipelines.schedulers import make_scheduler
 
     target = root / "pipelines" / folder.name
-    if folder.pipeline is None:
+    if folder.controls is not None:
         from ..models.controlnet import ControlNet
 
         text = controlnet_card(folder, ControlNet.from_pretrained(target))
@@ -155,7 +168,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m convdiff.apps.shipped", description=__doc__)
     parser.add_argument("names", nargs="*", help="folders to re-save (default: all)")
     args = parser.parse_args(argv)
-    for folder in [*SHIPPED, CONTROLNET]:
+    for folder in [*SHIPPED, *CONTROLNETS]:
         if not args.names or folder.name in args.names:
             print(f"re-saved {reseal(folder)}")
     return 0
