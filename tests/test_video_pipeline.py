@@ -257,8 +257,9 @@ def test_video_task_trains_only_the_temporal_layers_of_a_saved_base(tmp_path, mo
     ClassConditionalPipeline(base, FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / "base")
     config = load_config("configs/video-moving-digits.yaml", [
         f"task_options.base={tmp_path / 'base'}", "task_options.num_frames=3", "task_options.length=8",
-        "task_options.sample_videos=2", "train_batch_size=2", "max_train_steps=2", "max_train_seconds=null",
-        "sample_num_inference_steps=1", "report_to=null", "checkpointing_steps=0", f"output_dir={tmp_path / 'run'}"])
+        "task_options.sample_videos=2", "task_options.shared_noise=0.5", "train_batch_size=2", "max_train_steps=2",
+        "max_train_seconds=null", "sample_num_inference_steps=1", "report_to=null", "checkpointing_steps=0",
+        f"output_dir={tmp_path / 'run'}"])
     pipeline_dir = train(config)
     loaded = VideoPipeline.from_pretrained(pipeline_dir)
     trained, original = loaded.transformer.state_dict(), base.state_dict()
@@ -269,7 +270,7 @@ def test_video_task_trains_only_the_temporal_layers_of_a_saved_base(tmp_path, mo
     new_names = loaded.transformer.new_parameter_names()
     assert any(not torch.equal(trained[k], fresh[k]) for k in new_names)  # the temporal layers trained
     assert (tmp_path / "run" / "samples" / "final.png").is_file() and (tmp_path / "run" / "samples" / "final.gif").is_file()
-    # trained with the recipe's mixed noise, the folder samples with the same share by default
+    # trained with mixed noise, the folder samples with the same share by default
     assert loaded.config.sampling_defaults["shared_noise"] == 0.5
     loaded.set_progress_bar_config(disable=True)
     call = dict(class_labels=[3], num_frames=3, num_inference_steps=2, output_type="np")
