@@ -77,13 +77,14 @@ def evaluate_video(pipeline, num_clips: int = 20, num_frames: int = 8, seed: int
     conditions come back as frames (N*F, C, H, W)."""
     from ..data.edges import canny_edges
     from ..data.moving_digits import MovingDigits
+    from ..nn.layouts import frames_to_video, video_to_frames
 
     clips = MovingDigits("heldout", num_frames=num_frames, length=num_clips, seed=1)
     videos = torch.stack([clips[i][0] for i in range(num_clips)])  # (N, 1, F, H, W) in [-1, 1]
     labels = [int(clips[i][1]) for i in range(num_clips)]
-    frames = (videos.movedim(2, 1).flatten(0, 1) + 1) / 2  # (N*F, 1, H, W)
+    frames = (video_to_frames(videos) + 1) / 2  # (N*F, 1, H, W) in [0, 1]
     conditions = canny_edges(frames)
-    per_clip = conditions.unflatten(0, (num_clips, num_frames)).movedim(1, 2)  # (N, 1, F, H, W)
+    per_clip = frames_to_video(conditions, num_clips)  # (N, 1, F, H, W)
     pipeline.set_progress_bar_config(disable=True)
     outputs = {}
     for arm, scale in {"controlled": 1.0, "uncontrolled": 0.0}.items():

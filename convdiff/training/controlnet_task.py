@@ -19,6 +19,7 @@ condition_options ({} = the detector's defaults), empty_condition_prob (0.0), co
 (None: ControlNet.from_backbone's choice), preview_count (10 conditions in the sample grid).
 """
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from ..data.edges import EDGE_DETECTORS, edge_map
 from ..models.controlnet import ControlNet
+from ..nn.layouts import frames_to_video, video_to_frames
 from ..pipelines.class_conditional import ClassConditionalPipeline, model_parameterisation
 from ..pipelines.controlnet import ControlNetPipeline
 from ..pipelines.schedulers import make_scheduler
@@ -52,10 +54,13 @@ def is_video_pipeline(folder) -> bool:
 
 class ControlNetTask(DenoiseTask):
     name = "controlnet"
-    video = False
+
+    @cached_property
+    def video(self) -> bool:
+        """Whether the base is a video pipeline: then the data are clips and the conditions one map per frame."""
+        return is_video_pipeline(self.option("base", required=True))
 
     def build_dataset(self):
-        self.video = is_video_pipeline(self.option("base", required=True))
         if not self.video:
             return super().build_dataset()
         from ..data.moving_digits import MovingDigits
@@ -104,8 +109,7 @@ class ControlNetTask(DenoiseTask):
         """The conditioning image of targets in [-1, 1]: their edge map, in [0, 1]; clips (B, C, F, H, W) get
         one per frame."""
         if x0.dim() == 5:
-            frames = x0.movedim(2, 1).flatten(0, 1)  # (B*F, C, H, W)
-            return self.condition(frames).unflatten(0, (x0.shape[0], x0.shape[2])).movedim(1, 2)
+            return frames_to_video(self.condition(video_to_frames(x0)), x0.shape[0])
         return edge_map((x0.float() + 1) / 2, self.condition_name, **self.condition_options)
 
     def loss(self, model, batch, draws: Draws):
