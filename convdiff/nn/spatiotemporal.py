@@ -47,7 +47,10 @@ class GridContext:
     one-frame video, so the backbone can still be run on plain images.
 
     The inflated model sets it for one forward pass only (`scope`), and a checkpointed block recomputed in
-    the backward pass sees the context of its forward (`checkpointed`).
+    the backward pass sees the context of its forward (`checkpointed`). A scope rather than an argument because
+    the readers sit inside code that takes no video arguments (a 2D block calling its P3D conv, a backbone calling
+    its timestep embedder, diffusers' own models): the pattern of diffusers' `CacheMixin.cache_context`
+    (docs/inflation.md, "How one forward pass runs").
     """
 
     FIELDS = ("grid", "two_stream", "sync_condition", "frame_cameras", "frame_timestamps", "frame_text")
