@@ -17,7 +17,8 @@ from ..nn.channel_attention import CompactChannelAttention
 from ..nn.embeddings import StageConditioning
 from ..nn.fast_conv import run_conv
 from ..nn.inputs import check_inputs, resolve_out_channels
-from ..nn.modulation import AdaLNModulation, add_gated, modulate
+from ..nn.modulation import AdaLNModulation, add_gated
+from ..nn.norm_modulate import norm_modulate
 from ..nn.norms import LayerNorm2d
 from ..nn.resample import ConvStem, ModulatedConvHead, PixelShuffleUp, PixelUnshuffleDown, init_like_official
 from .checkpointing import run_block
@@ -44,10 +45,10 @@ class DiCoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
-        h = run_conv(self.pointwise_in, modulate(self.norm1(x), shift1, scale1))
+        h = run_conv(self.pointwise_in, norm_modulate(self.norm1, x, shift1, scale1))
         h = run_conv(self.depthwise, h, gelu=True)
         x = add_gated(x, gate1, run_conv(self.pointwise_out, self.channel_attention(h)))
-        h = run_conv(self.ffn_in, modulate(self.norm2(x), shift2, scale2), gelu=True)
+        h = run_conv(self.ffn_in, norm_modulate(self.norm2, x, shift2, scale2), gelu=True)
         return add_gated(x, gate2, run_conv(self.ffn_out, h))
 
 
