@@ -131,3 +131,24 @@ def test_onednn_path_turns_the_gemm_route_off_for_its_calls_and_is_never_best(mo
     forward = {(r.model, r.path) for r in report.rows if r.kind == "forward"}
     assert forward == {*((m, p) for m in CONV for p in ("default", "onednn")), ("dit-tiny", "default")}
     assert all(report.best("forward", m).path == "default" for m in CONV)
+
+
+def test_aten_norm_path_turns_the_native_norm_off_for_its_calls_forward_and_training(monkeypatch):
+    from convdiff.apps.benchmarks.model_paths import build, on_path
+    from convdiff.nn import norm_modulate
+
+    model = build("dico-tiny", "default", sample_size=8)
+    available = norm_modulate.native_available()
+    seen = []
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: seen.append(norm_modulate._state["loaded"]))
+    on_path(model, "aten-norm")()
+    on_path(model, "default")()
+    assert seen == [False, available] and norm_modulate._state["loaded"] == available
+    monkeypatch.undo()
+
+    monkeypatch.setattr(paths, "measure_matmul_peak", lambda precision: 100.0)
+    report, _ = paths.run([*TINY, "--paths", "default", "aten-norm", "--skip-sampling"], log=quiet)
+    for kind in ("forward", "train"):
+        rows = {(r.model, r.path) for r in report.rows if r.kind == kind}
+        assert rows == {*((m, p) for m in CONV for p in ("default", "aten-norm")), ("dit-tiny", "default")}
+    assert all(report.best("forward", m).path == "default" for m in CONV)

@@ -6,7 +6,9 @@
   models/memory_format.py; diffusers' models unchanged);
 - `compiled`: the default path under `torch.compile` (tests/test_compile.py: one graph, no breaks);
 - `onednn` (asked for by name, never a best path): a conv model's default path with every convolution through
-  oneDNN, `nn/fast_conv.py`'s GEMM route for few-row convs turned off: what that route is worth, side by side.
+  oneDNN, `nn/fast_conv.py`'s GEMM route for few-row convs turned off: what that route is worth, side by side;
+- `aten-norm` (asked for by name, never a best path): the default path with DiCo's LayerNorm + modulation as
+  ATen's two ops instead of `nn/norm_modulate.py`'s native pass: what the kernel is worth.
 
 Library imports stay inside the functions, so a command that imports this module answers `--help` without
 loading diffusers (tests/test_cli.py).
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 import torch
 
 PATHS = ("nchw", "default", "compiled")
-DIAGNOSTIC_PATHS = ("onednn",)
+DIAGNOSTIC_PATHS = ("onednn", "aten-norm")
 
 
 def has_nchw_path(model) -> bool:
@@ -73,13 +75,28 @@ def without_gemm_route(enabled: bool = True):
         fast_conv.MAX_MATMUL_ROWS = saved
 
 
+@contextmanager
+def without_native_norm(enabled: bool = True):
+    """The aten-norm path: nn/norm_modulate.py runs ATen's LayerNorm and modulation while this lasts."""
+    from ...nn import norm_modulate
+
+    saved = norm_modulate.native_available()
+    if enabled:
+        norm_modulate._state["loaded"] = False
+    try:
+        yield
+    finally:
+        norm_modulate._state["loaded"] = saved
+
+
 def on_path(model, path: str):
     """`model` as a callable on `path`: the NCHW path also keeps the input's layout, the onednn path turns the
-    GEMM route off."""
+    GEMM route off, the aten-norm path the native LayerNorm + modulation."""
     conv = has_nchw_path(getattr(model, "_orig_mod", model))
 
     def call(*args, **kwargs):
-        with nchw_input(path == "nchw" and conv), without_gemm_route(path == "onednn"):
+        with nchw_input(path == "nchw" and conv), without_gemm_route(path == "onednn"), \
+                without_native_norm(path == "aten-norm"):
             return model(*args, **kwargs)
 
     return call

@@ -45,7 +45,7 @@ TARGETS = {
     ("dico-s", "dit-s-2", "best"): 1.6, ("dico-xl", "dit-xl-2", "best"): 1.5,
 }
 MATMUL_SHARE_TARGET = 0.60  # conv backbones' achieved GFLOP/s over the fp32 matmul rate of the same run
-TRAIN_PATHS = ("default", "compiled")  # the NCHW training path has its own benchmark (train_speed.py)
+TRAIN_PATHS = ("default", "compiled", "aten-norm")  # the NCHW training path has its own benchmark (train_speed.py)
 SAMPLING_PATHS = ("default", "compiled")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
@@ -187,7 +187,8 @@ def time_training(group: Group, args, report: Report, log):
             return train_step(model, path, example_inputs(model, args.batch))
         return make
 
-    factories = {(name, path): factory(name, path) for name in group.models for path in paths}
+    factories = {(name, path): factory(name, path) for name in group.models for path in paths
+                 if path not in DIAGNOSTIC_PATHS or report.conv.get(name)}  # a transformer has no conv path
     if factories:
         log(f"training step, group {group.label}: {len(factories)} (model, path) pairs, {args.rounds} rounds"
             + (", one model in memory at a time" if group.large else ""))
@@ -410,8 +411,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--models", nargs="+", help="registry names forming one group (instead of --groups)")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + DIAGNOSTIC_PATHS,
                    help="paths to time (default: %(default)s); onednn: a conv model's default path with every conv "
-                        "through oneDNN (fast_conv's GEMM route off; never a best path); training and sampling use "
-                        "default and compiled only")
+                        "through oneDNN (fast_conv's GEMM route off; never a best path); aten-norm: DiCo's LayerNorm + "
+                        "modulation as ATen ops, not the native pass (never a best path; also timed in training); "
+                        "sampling uses default and compiled only")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds of forward and training (default %(default)s)")
     p.add_argument("--sampling-rounds", type=int, default=3, help="timed rounds of sampling (default %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="images per forward, step and sampling call (default %(default)s)")
