@@ -43,3 +43,29 @@ def test_clear_refusals(capsys):
     if not __import__("torch").cuda.is_available():
         with pytest.raises(SystemExit, match="torch sees no CUDA device"):
             resolution.check_device("cuda")
+
+
+def test_profile_counts_fast_conv_and_native_ops_in_their_kinds():
+    """The GEMM route's fused linear + GELU is dense work; nn/norm_modulate.py's kernel is counted (as other)."""
+    import torch
+
+    from convdiff.nn import norm_modulate
+    from convdiff.registry import create_model
+
+    if not norm_modulate.native_available():
+        norm_modulate.build()
+    model = create_model("dico-tiny", sample_size=8).eval()
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([5]), torch.tensor([1])
+
+    class Event:
+        def __init__(self, key):
+            self.key, self.input_shapes = key, []
+
+    assert resolution.kind_of(Event("mkldnn::_linear_pointwise")) == "dense"
+    assert resolution.kind_of(Event("convdiff::norm_modulate")) == "other"
+    with torch.inference_mode():
+        seconds = resolution.profile_kinds(lambda: model(x, t, y), "cpu")
+        with torch.profiler.profile() as prof:
+            model(x, t, y)
+    native = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key == "convdiff::norm_modulate")
+    assert native > 0 and seconds["dense"] > 0 and seconds["other"] > 0

@@ -213,11 +213,12 @@ def kind_of(event) -> str:
     name = event.key
     if "attention" in name:
         return "attention"
-    if "conv" in name:
+    if "conv" in name.rpartition("::")[2]:  # the op, not its namespace (convdiff::)
         shapes = getattr(event, "input_shapes", None) or []
         weight = shapes[1] if len(shapes) > 1 else []
         return "depthwise conv" if len(weight) == 4 and weight[1] == 1 and weight[2] > 1 else "dense"
-    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"):
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+                "mkldnn::_linear_pointwise"):  # the last: fast_conv's GEMM route with its GELU fused in
         return "dense"
     return "other"
 
@@ -231,8 +232,8 @@ def profile_kinds(call, device: str) -> dict:
         call()
     seconds = dict.fromkeys(KINDS, 0.0)
     for event in prof.key_averages(group_by_input_shape=True):
-        if not event.key.startswith(("aten::", "mkldnn::")):  # mkldnn::: fast_conv's fused conv + GELU
-            continue
+        if not event.key.startswith(("aten::", "mkldnn::", "convdiff::")):  # mkldnn: fast_conv's fused ops;
+            continue  # convdiff: nn/norm_modulate.py's kernel
         own = event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
         seconds[kind_of(event)] += own / 1e6
     return seconds
