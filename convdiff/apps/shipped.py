@@ -64,14 +64,15 @@ SHIPPED = [
         "text-video-dic-mnist", "VideoPipeline", "euler", {"num_inference_steps": 20, "guidance_scale": 6.0},
         {"recipe": "configs/text-video-moving-digits.yaml (train_config.yaml in this folder)",
          "steps": "a tiny CLIP text encoder pretrained contrastively on the captioned clips (2,000 steps of 32, then "
-                  "frozen), then 6,000 steps of 4 directed moving-digit clips with captions; pipelines/dic-mnist "
+                  "frozen), then 12,000 steps of 4 directed moving-digit clips with captions; pipelines/dic-mnist "
                   "frozen, temporal attention + text MLP + text modulation of the temporal attention trained, "
                   "lr 1e-3, EMA 0.995",
          "wall time": "72 min for 4,000 steps on one thread of a 2-core AMD EPYC running two other trainings, "
-                      "then 11.5 min for the last 2,000 at 2 threads, resumed", "date": "2026-12-07",
+                      "11.5 min for 2,000 more at 2 threads, then 29 and 30 min for 3,000 more each on one thread "
+                      "beside one other job, resumed each time", "date": "2026-12-07",
          "base model": "pipelines/dic-mnist"},
         ["- 40 videos (each of the 40 captions once), the default call: asked digit by video majority 97.5%, asked "
-         "direction 100%, read as one digit in every frame 80.0% (real clips: 97.5%, 100%, 90%)",
+         "direction 100%, read as one digit in every frame 92.5% (real clips: 97.5%, 100%, 90%)",
          "- command: convdiff video-demo --config configs/text-video-moving-digits.yaml --pipeline "
          "pipelines/text-video-dic-mnist --num-videos 40 (docs/video.md)"]),
     ShippedFolder(
