@@ -140,10 +140,10 @@ def test_aten_norm_path_turns_the_native_norm_off_for_its_calls_forward_and_trai
     model = build("dico-tiny", "default", sample_size=8)
     available = norm_modulate.native_available()
     seen = []
-    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: seen.append(norm_modulate._state["loaded"]))
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: seen.append(norm_modulate.native_available()))
     on_path(model, "aten-norm")()
     on_path(model, "default")()
-    assert seen == [False, available] and norm_modulate._state["loaded"] == available
+    assert seen == [False, available] and norm_modulate.native_available() == available
     monkeypatch.undo()
 
     monkeypatch.setattr(paths, "measure_matmul_peak", lambda precision: 100.0)

@@ -5,16 +5,17 @@ On the CPU in fp32, with x channels-last, it runs a small native kernel (csrc/no
 map once and writes it once, forward and backward; ATen runs the LayerNorm and the modulation as separate
 passes, and these memory-bound passes are where the conv models lose time to a transformer per MAC
 (docs/benchmarks.md, the efficiency-gap plots). The kernel is compiled once at install (`scripts/setup.sh`
-runs `convdiff.nn.norm_modulate.build()`, about 15 s) into torch's extensions cache, keyed by the
-source and the torch version; nothing compiles at run time. Without the built kernel (no compiler at
+runs `convdiff.nn.norm_modulate.build()`, about 10 s) into torch's extensions cache, keyed by the
+source, the compiler flags and the torch version; nothing compiles at run time. Without the built kernel (no compiler at
 install, another torch), under torch.compile tracing, autocast, another dtype or device, an affine LayerNorm,
-or with `CONVDIFF_NATIVE=0`, the two ATen ops run instead. The kernel's rounding differs from ATen's
+with `CONVDIFF_NATIVE=0`, or inside `aten_ops()`, the two ATen ops run instead. The kernel's rounding differs from ATen's
 LayerNorm by about 1e-6 relative (its own reduction order); tests/test_norm_modulate.py holds it to ATen.
 """
 
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,12 +27,6 @@ logger = logging.getLogger(__name__)
 _state = {"loaded": None}  # None: not looked for yet
 
 
-def library_name() -> str:
-    """The built library's name: a new source or torch version builds (and looks for) a new one."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
-    return f"convdiff_norm_modulate_{digest}"
-
-
 def _compile_flags() -> list:
     flags = ["-O3"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # ATen's 8-wide AVX2 vectors
@@ -39,16 +34,25 @@ def _compile_flags() -> list:
     return flags
 
 
+def _library() -> tuple[str, Path]:
+    """The built library's name and path: a new source, flags or torch version builds (and looks for) a new one,
+    so a cache shared by two machines never loads a library built for the other's instructions."""
+    from torch.utils import cpp_extension
+
+    key = SOURCE.read_bytes() + " ".join(_compile_flags()).encode() + torch.__version__.encode()
+    name = f"convdiff_norm_modulate_{hashlib.sha256(key).hexdigest()[:12]}"
+    return name, Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+
+
 def build(verbose: bool = False) -> Path:
     """Compile the kernel into torch's extensions cache and load it; returns the library's path."""
     from torch.utils import cpp_extension
 
-    name = library_name()
-    directory = Path(cpp_extension._get_build_directory(name, verbose))
-    cpp_extension.load(name, [str(SOURCE)], extra_cflags=_compile_flags(), build_directory=str(directory),
+    name, path = _library()
+    cpp_extension.load(name, [str(SOURCE)], extra_cflags=_compile_flags(), build_directory=str(path.parent),
                        is_python_module=False, verbose=verbose)
     _state["loaded"] = True
-    return directory / f"{name}.so"
+    return path
 
 
 def native_available() -> bool:
@@ -56,10 +60,7 @@ def native_available() -> bool:
     if _state["loaded"] is None:
         _state["loaded"] = False
         if os.environ.get("CONVDIFF_NATIVE", "1") != "0":
-            from torch.utils import cpp_extension
-
-            name = library_name()
-            path = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+            path = _library()[1]
             if path.exists():
                 try:
                     torch.ops.load_library(str(path))
@@ -68,6 +69,17 @@ def native_available() -> bool:
                     logger.warning("convdiff's native norm_modulate kernel did not load (%s); using ATen ops. "
                                    "Rebuild it: python -c 'from convdiff.nn.norm_modulate import build; build()'.", error)
     return _state["loaded"]
+
+
+@contextmanager
+def aten_ops():
+    """Run ATen's LayerNorm and modulation instead of the kernel while this lasts (to compare the two)."""
+    saved = native_available()
+    _state["loaded"] = False
+    try:
+        yield
+    finally:
+        _state["loaded"] = saved
 
 
 def _use_native(norm: torch.nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor) -> bool:

@@ -14,7 +14,7 @@ Library imports stay inside the functions, so a command that imports this module
 loading diffusers (tests/test_cli.py).
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -75,28 +75,16 @@ def without_gemm_route(enabled: bool = True):
         fast_conv.MAX_MATMUL_ROWS = saved
 
 
-@contextmanager
-def without_native_norm(enabled: bool = True):
-    """The aten-norm path: nn/norm_modulate.py runs ATen's LayerNorm and modulation while this lasts."""
-    from ...nn import norm_modulate
-
-    saved = norm_modulate.native_available()
-    if enabled:
-        norm_modulate._state["loaded"] = False
-    try:
-        yield
-    finally:
-        norm_modulate._state["loaded"] = saved
-
-
 def on_path(model, path: str):
     """`model` as a callable on `path`: the NCHW path also keeps the input's layout, the onednn path turns the
     GEMM route off, the aten-norm path the native LayerNorm + modulation."""
+    from ...nn.norm_modulate import aten_ops
+
     conv = has_nchw_path(getattr(model, "_orig_mod", model))
 
     def call(*args, **kwargs):
         with nchw_input(path == "nchw" and conv), without_gemm_route(path == "onednn"), \
-                without_native_norm(path == "aten-norm"):
+                (aten_ops() if path == "aten-norm" else nullcontext()):
             return model(*args, **kwargs)
 
     return call

@@ -14,7 +14,6 @@
 
 #include <cmath>
 #include <tuple>
-#include <vector>
 
 namespace {
 
