@@ -249,3 +249,31 @@ def test_without_view_layers_makes_every_view_on_its_own():
                                   model(changed, t, cameras=cameras).sample[:, :, 1:])
         torch.testing.assert_close(per_view(x, t, cameras=cameras).sample[:, :, 1:],
                                    per_view(changed, t, cameras=cameras).sample[:, :, 1:])
+
+
+def test_grid_completion_references_hold_only_the_unseen_motion_wrong():
+    """depth_frozen keeps the true paths but the component along view 0's optical axis: exact for motion across
+    view 0's image, wrong for motion along its axis; depth_redrawn is deterministic for a seed."""
+    from convdiff.data.multiview import MultiViewObjects, orbit_cameras
+    from convdiff.eval.video_metrics import grid_completion_references
+
+    cameras = orbit_cameras(4)
+    axis = cameras[0][2, :3]
+
+    class OneCube(MultiViewObjects):
+        def __init__(self, velocity):
+            super().__init__(num_views=4, num_frames=3, image_size=12, length=1)
+            self.velocity = np.asarray(velocity, float)
+
+        def scene(self, index):
+            cube = {"kind": "cube", "size": 0.35, "color": np.array([0.9, 0.5, 0.3])}
+            return [[dict(cube, center=t * self.velocity)] for t in range(3)], cameras
+
+    across = grid_completion_references(OneCube([0.0, 0.12, 0.0]), num_clips=1, redraws=2)  # axis has no y part
+    along = grid_completion_references(OneCube(0.15 * axis), num_clips=1, redraws=2)
+    assert across["psnr_depth_frozen"] == pytest.approx(120.0)
+    assert along["psnr_depth_frozen"] < 40.0
+    data = MultiViewObjects(num_views=3, num_frames=3, image_size=8, length=2)
+    first, again = (grid_completion_references(data, num_clips=2, redraws=3, seed=5) for _ in range(2))
+    assert first == again and first["redraws"] == 3
+    assert first["psnr_depth_redrawn_of_mean_mse"] <= first["psnr_depth_redrawn"]

@@ -288,13 +288,16 @@ def four_readouts(metric, pipe, held_out, num_clips: int, steps: int) -> dict:
 def evaluate_grid_completion(pipe, held_out, config, num_clips: int, steps: int, sampler: str, output_dir: Path) -> dict:
     """4Real-Video's grid completion on held-out scenes: the first row (view 0's video) and the first column
     (every view at time 0) given, the other cells generated; one sample at the pipeline's own steps, the
-    posterior mean (8 one-step predictions averaged), the same with the view attention off, and a picture
-    given | generated | truth of three scenes."""
-    from ..eval.video_metrics import fourd_grid_completion
+    posterior mean (8 one-step predictions averaged), the same with the view attention off, the references of
+    `grid_completion_references`, and a picture given | generated | truth of three scenes."""
+    from ..eval.video_metrics import fourd_grid_completion, grid_completion_references
     from ..pipelines.video_export import grid_4d
 
     log("grid completion on held-out scenes (first row and first column given), then with the view layers off")
     metrics = four_readouts(fourd_grid_completion, pipe, held_out, num_clips, steps)
+    # what predictors that know each scene except the motion the given cells cannot show would score (the
+    # reading of the model's figures in docs/video.md)
+    metrics["references"] = grid_completion_references(held_out, num_clips, redraws=64)
     rows = []
     for i in range(3):  # given | generated (the default call) | truth; rows = time, columns = views
         item = held_out[i]

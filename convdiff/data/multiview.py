@@ -171,10 +171,14 @@ class MultiViewObjects(torch.utils.data.Dataset):
             self._cache[index] = item
         return item
 
+    def render_grid(self, frames: list[list[dict]], extrinsics: np.ndarray) -> np.ndarray:
+        """(V, T, H, W, 3) in [0, 1]: the objects of each timestamp (as `scene` gives them) seen by each camera."""
+        return np.stack([np.stack([render(objects, extrinsic, self.image_size, self.focal) for objects in frames])
+                         for extrinsic in extrinsics])
+
     def render_clip(self, index: int) -> dict:
         frames, extrinsics = self.scene(index)
-        grid = np.stack([np.stack([render(objects, extrinsic, self.image_size, self.focal) for objects in frames])
-                         for extrinsic in extrinsics])  # (V, T, H, W, 3)
+        grid = self.render_grid(frames, extrinsics)
         video = torch.from_numpy(grid).float().permute(4, 0, 1, 2, 3).mul(2).sub(1)
         timestamps = torch.arange(self.num_frames, dtype=torch.float32) / max(self.num_frames - 1, 1)
         cameras = torch.from_numpy(extrinsics.reshape(self.num_views, 12)).float()
