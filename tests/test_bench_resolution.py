@@ -17,7 +17,9 @@ def test_the_sweep_writes_its_table_plots_and_section(tmp_path, capsys):
     section = output.read_text()
     assert section.lstrip("\n") in capsys.readouterr().out  # what is printed is what is appended
     rows = [line for line in section.splitlines() if re.match(r"\| (dic|dit)-tiny \| 64 \|", line)]
-    assert len(rows) == 2 * 2  # the time table and the efficiency-gap table, a row per model in each
+    assert len(rows) == 2 * 3  # the time table, a row per model; the efficiency gap, forward and training rows
+    gap_rows = [r for r in rows if r.count("|") == 8]
+    assert [r.split(" | ")[2] for r in gap_rows] == ["forward", "train"] * 2
     conv_rows = [r.split(" | ") for r in rows if r.startswith("| dic-tiny") and r.count("|") == 11]
     assert len(conv_rows) == 1 and all(row[6].endswith("x") and row[8].endswith("x") for row in conv_rows)
     assert "Matmul rate measured in this run" in section and "Command: `convdiff bench-resolution" in section
@@ -62,6 +64,11 @@ def test_profile_counts_fast_conv_and_native_ops_in_their_kinds():
             self.key, self.input_shapes = key, []
 
     assert resolution.kind_of(Event("mkldnn::_linear_pointwise")) == "dense"
+    backward = Event("aten::convolution_backward")  # (grad_output, input, weight, ...): the weight comes third
+    backward.input_shapes = [[1, 8, 4, 4], [1, 8, 4, 4], [8, 1, 3, 3]]
+    assert resolution.kind_of(backward) == "depthwise conv"
+    backward.input_shapes = [[1, 8, 4, 4], [1, 8, 4, 4], [8, 8, 1, 1]]
+    assert resolution.kind_of(backward) == "dense"
     assert resolution.kind_of(Event("convdiff::norm_modulate")) == "other"
     with torch.inference_mode():
         seconds = resolution.profile_kinds(lambda: model(x, t, y), "cpu")

@@ -13,9 +13,10 @@ This benchmark measures that edge on one machine, in one run:
 - each model's MACs at each resolution, counted on its warm-up call (`instruments.analytic_macs`). A conv model's
   **MAC-parity ratio** against DiT is DiT's MACs / its MACs: the speed ratio it reaches if it runs as many MACs per
   second as DiT does. Its measured ratio over that is its efficiency relative to DiT;
-- the efficiency gap (`--profile`): time per kind of op on one forward (dense = convolutions and matmuls, depthwise
-  conv, attention, and the rest: norms, modulations, elementwise) against the arithmetic floor of its MACs at the
-  matmul rate measured in the same run.
+- the efficiency gap (`--profile`): time per kind of op on one forward and on one training step (dense =
+  convolutions and matmuls, depthwise conv, attention, and the rest: norms, modulations, elementwise, the
+  optimizer) against the arithmetic floor of its MACs at the matmul rate measured in the same run (a training
+  step's floor: 3x the forward's, the forward plus the two backward products of every layer).
 
 On a GPU (`--device cuda`) each call is timed with CUDA events after a synchronisation (`instruments.elapsed`), and
 the TF32 and autocast settings of the run are recorded with the figures. `scripts/gpu_bench.sh` is the prepared GPU run.
@@ -40,6 +41,7 @@ CONV = ("dic-s", "dico-s")
 BASELINE = "dit-s-2"
 XL = ("dic-xl", "dico-xl", "dit-xl-2")  # --xl: the XL conv models against DiT-XL/2
 KINDS = ("dense", "depthwise conv", "attention", "other")
+TRAIN_FLOOR = 3  # a training step's MACs over the forward's: the forward, and the input and weight gradients
 VAE_STRIDE = 8
 
 
@@ -55,6 +57,7 @@ class Cell:
     train_bytes: int = 0
     macs: dict = field(default_factory=dict)
     kind_seconds: dict = field(default_factory=dict)
+    train_kind_seconds: dict = field(default_factory=dict)
 
     @property
     def total_macs(self) -> int:
@@ -213,9 +216,11 @@ def kind_of(event) -> str:
     name = event.key
     if "attention" in name:
         return "attention"
-    if "conv" in name.rpartition("::")[2]:  # the op, not its namespace (convdiff::)
+    op = name.rpartition("::")[2]
+    if "conv" in op:  # the op, not its namespace (convdiff::)
         shapes = getattr(event, "input_shapes", None) or []
-        weight = shapes[1] if len(shapes) > 1 else []
+        at = 2 if "backward" in op else 1  # backward ops take (grad_output, input, weight, ...)
+        weight = shapes[at] if len(shapes) > at else []
         return "depthwise conv" if len(weight) == 4 and weight[1] == 1 and weight[2] > 1 else "dense"
     if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
                 "mkldnn::_linear_pointwise"):  # the last: fast_conv's GEMM route with its GELU fused in
@@ -287,6 +292,9 @@ def measure(args, log=print) -> tuple[list, float]:
                     call = train_call(model, inputs, args.device, args.precision)
                     cell = cells[(name, pixels)]
                     cell.train.append(time_call(call, 1, warmup=1, device=args.device).seconds[0] / args.batch)
+                    if args.profile and not cell.train_kind_seconds:  # after the timing: the profiler slows a call
+                        cell.train_kind_seconds = {k: v / args.batch
+                                                   for k, v in profile_kinds(call, args.device).items()}
                     del model, call
                     gc.collect()
             for name in models:
@@ -342,15 +350,17 @@ def table(cells: dict, resolutions, models, pairs_: list) -> str:
 
 
 def gap_table(cells: dict, resolutions, models, rate: float) -> str:
-    lines = ["| model | px | " + " | ".join(f"{k} s (floor)" for k in KINDS) + " |",
-             "|---|---|" + "---|" * len(KINDS)]
+    """Seconds per image by kind, with the kind's arithmetic floor, for the forward and (where profiled) the
+    training step."""
+    lines = ["| model | px | pass | " + " | ".join(f"{k} s (floor)" for k in KINDS) + " |",
+             "|---|---|---|" + "---|" * len(KINDS)]
     for pixels in resolutions:
         for name in models:
             c = cells[(name, pixels)]
-            if not c.kind_seconds:
-                continue
-            parts = [f"{c.kind_seconds[k]:.3f} ({2 * c.macs.get(k, 0) / (rate * 1e9):.3f})" for k in KINDS]
-            lines.append(f"| {name} | {pixels} | " + " | ".join(parts) + " |")
+            for label, seconds, factor in (("forward", c.kind_seconds, 1), ("train", c.train_kind_seconds, TRAIN_FLOOR)):
+                if seconds:
+                    parts = [f"{seconds[k]:.3f} ({factor * 2 * c.macs.get(k, 0) / (rate * 1e9):.3f})" for k in KINDS]
+                    lines.append(f"| {name} | {pixels} | {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
 
@@ -385,19 +395,25 @@ def plot(cells: dict, resolutions, models, pairs_: list, rate: float, folder: Pa
 
     profiled = [(n, p) for p in resolutions for n in models if cells[(n, p)].kind_seconds]
     if profiled:
-        fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(profiled)), 4.5))
-        bottom = [0.0] * len(profiled)
-        for kind in KINDS:
-            heights = [cells[key].kind_seconds[kind] for key in profiled]
-            ax.bar(range(len(profiled)), heights, bottom=bottom, label=kind)
-            bottom = [b + h for b, h in zip(bottom, heights)]
-        floors = [sum(2 * cells[key].macs.get(k, 0) for k in KINDS) / (rate * 1e9) for key in profiled]
-        ax.scatter(range(len(profiled)), floors, marker="_", s=300, color="black", label="arithmetic floor", zorder=3)
-        ax.set_xticks(range(len(profiled)), [f"{n}\n{p}px" for n, p in profiled], fontsize=6, rotation=90)
-        ax.set_yscale("log")
-        ax.set_ylabel("forward seconds per image")
-        ax.set_title(f"efficiency gap: time per kind vs the floor at {rate:.0f} GFLOP/s")
-        ax.legend(fontsize=7)
+        passes = [("forward", "kind_seconds", 1)]
+        if all(cells[key].train_kind_seconds for key in profiled):
+            passes.append(("training step", "train_kind_seconds", TRAIN_FLOOR))
+        width = max(6.5, 0.45 * len(profiled))
+        fig, axes = plt.subplots(1, len(passes), figsize=(width * len(passes), 4.5), squeeze=False)
+        for ax, (label, attribute, factor) in zip(axes[0], passes):
+            bottom = [0.0] * len(profiled)
+            for kind in KINDS:
+                heights = [getattr(cells[key], attribute)[kind] for key in profiled]
+                ax.bar(range(len(profiled)), heights, bottom=bottom, label=kind)
+                bottom = [b + h for b, h in zip(bottom, heights)]
+            floors = [factor * sum(2 * cells[key].macs.get(k, 0) for k in KINDS) / (rate * 1e9) for key in profiled]
+            ax.scatter(range(len(profiled)), floors, marker="_", s=300, color="black", label="arithmetic floor",
+                       zorder=3)
+            ax.set_xticks(range(len(profiled)), [f"{n}\n{p}px" for n, p in profiled], fontsize=6, rotation=90)
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{label} seconds per image")
+            ax.set_title(f"efficiency gap, {label}: time per kind vs the floor at {rate:.0f} GFLOP/s", fontsize=9)
+            ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(folder / f"efficiency-gap-{stamp}.png")
         fig.savefig(paths[-1], dpi=120)
