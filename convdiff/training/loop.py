@@ -27,6 +27,7 @@ from .checkpoints import (check_checkpoint, claim_run_folder, clear_run_folder, 
                           save_checkpoint)
 from .config import TrainConfig, check_config, record_changes, resume_changes, save_config
 from .engines import check_engine, fit_model, on_full_model, start_engine
+from .optimizer import adamw
 from .task import Draws
 from .tasks import make_task
 
@@ -86,8 +87,8 @@ def train(config: TrainConfig):
     if config.compile:
         model.compile()  # in place: parameter names, state dicts and saved pipelines stay those of the eager module
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    optimizer = adamw(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                      weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     # The prepared scheduler steps once per process per optimizer step (diffusers#3954), hence the factor.
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * procs,
                                  num_training_steps=config.max_train_steps * procs)

@@ -18,6 +18,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from ...training.optimizer import adamw
+
 PATHS = ("nchw", "default", "compiled")
 DIAGNOSTIC_PATHS = ("onednn", "aten-norm")
 
@@ -106,7 +108,7 @@ def example_inputs(model, batch: int, seed: int = 0) -> tuple:
 def train_step(model, path: str, inputs: tuple, lr: float = 1e-4):
     """One training step (forward + backward + AdamW) as a closure; the loss is a stand-in (mean square)."""
     x, t, y = inputs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = adamw(model.parameters(), lr=lr)  # what `convdiff train` steps with
     forward = on_path(model, path)
 
     def step():
