@@ -128,6 +128,7 @@ def test_grid_completion_metric_against_its_two_copy_baselines():
     video = torch.stack([data[i]["video"] for i in range(2)])
     assert torch.equal(oracle.given[0], video[:, :, 0]) and torch.equal(oracle.given[1], video[:, :, :, 0])
     assert metrics["psnr_generated"] == pytest.approx(120.0)
+    assert metrics["psnr_generated_by_view"] == pytest.approx([120.0, 120.0])  # views 1 and 2
     truth = (video.permute(0, 2, 3, 4, 5, 1).numpy() + 1) / 2
     from convdiff.eval.video_metrics import psnr
 

@@ -164,16 +164,22 @@ def fourd_grid_completion(pipeline, dataset, num_clips: int = 16, num_inference_
 
     Beside the generated cells' PSNR, the two copy baselines a model must beat: each cell's own view at time 0
     (the scene frozen) and view 0 at the cell's time (the motion seen from the wrong camera). PSNR on [0, 1]
-    over each clip's generated cells, averaged over the clips.
+    over each clip's generated cells, averaged over the clips; and per view (a view's cells of each clip).
     """
     out, truth = complete_grids(pipeline, dataset, "grid", num_clips, num_inference_steps, seed, batch_size, start,
                                 num_samples)
     real = truth[:, 1:, 1:]
     same_view = np.broadcast_to(truth[:, 1:, :1], real.shape)  # view v at time 0
     same_time = np.broadcast_to(truth[:, :1, 1:], real.shape)  # view 0 at time t
-    return {"psnr_generated": psnr(out[:, 1:, 1:], real), "psnr_view_at_time_0": psnr(same_view, real),
+    return {"psnr_generated": psnr(out[:, 1:, 1:], real), "psnr_generated_by_view": by_view(out[:, 1:, 1:], real),
+            "psnr_view_at_time_0": psnr(same_view, real),
             "psnr_view_0_at_time": psnr(same_time, real), "num_clips": num_clips,
             "num_inference_steps": num_inference_steps, "num_samples": num_samples}
+
+
+def by_view(generated, real) -> list:
+    """PSNR of (clips, V - 1, T - 1, ...) generated cells per view (views 1, 2, ...), each averaged over clips."""
+    return [psnr(generated[:, v], real[:, v]) for v in range(real.shape[1])]
 
 
 def grid_completion_references(dataset, num_clips: int = 16, start: int = 0, redraws: int = 8, seed: int = 0) -> dict:
@@ -218,6 +224,7 @@ def grid_completion_references(dataset, num_clips: int = 16, start: int = 0, red
     redrawn = np.stack(redrawn).reshape(num_clips, redraws, *truths[0].shape)[:, :, 1:, 1:]
     mse = ((redrawn - real[:, None]) ** 2).reshape(num_clips, redraws, -1).mean(axis=2)  # (clips, redraws)
     return {"psnr_depth_frozen": psnr(np.stack(frozen)[:, 1:, 1:], real),
+            "psnr_depth_frozen_by_view": by_view(np.stack(frozen)[:, 1:, 1:], real),
             "psnr_depth_redrawn": float(decibels(mse).mean()),
             "psnr_depth_redrawn_of_mean_mse": float(decibels(mse.mean(axis=1)).mean()),
             "depth_redrawn_exact_matches": int((mse == 0).sum()), "num_clips": num_clips, "redraws": redraws}
