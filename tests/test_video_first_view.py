@@ -278,3 +278,5 @@ def test_grid_completion_references_hold_only_the_unseen_motion_wrong():
     first, again = (grid_completion_references(data, num_clips=2, redraws=3, seed=5) for _ in range(2))
     assert first == again and first["redraws"] == 3
     assert first["psnr_depth_redrawn_of_mean_mse"] <= first["psnr_depth_redrawn"]
+    with pytest.raises(ValueError, match="num_frames >= 2"):
+        grid_completion_references(MultiViewObjects(num_views=3, num_frames=1, image_size=8, length=1), num_clips=1)

@@ -201,6 +201,9 @@ def grid_completion_references(dataset, num_clips: int = 16, start: int = 0, red
     """
     from ..data.multiview import BOX, bounce
 
+    if dataset.num_views < 2 or dataset.num_frames < 2:
+        raise ValueError("grid_completion_references needs a grid with cells to generate: num_views >= 2 and "
+                         f"num_frames >= 2, got {dataset.num_views} views x {dataset.num_frames} frames.")
     rng = np.random.default_rng(seed)
     truths, frozen, redrawn = [], [], []
     for index in range(start, start + num_clips):
@@ -215,7 +218,7 @@ def grid_completion_references(dataset, num_clips: int = 16, start: int = 0, red
 
         truths.append(grid(paths))
         frozen.append(grid([path - np.outer((path - path[0]) @ axis, axis) for path in paths]))
-        velocities = [path[1] - path[0] for path in paths]
+        velocities = [path[1] - path[0] for path in paths]  # the velocity, unless a wall was hit in the first step
         for _ in range(redraws):
             draws = [rng.uniform(-dataset.speed, dataset.speed, size=3) @ axis for _ in paths]
             redrawn.append(grid([bounce(path[0], v + (draw - v @ axis) * axis, len(frames), BOX)
