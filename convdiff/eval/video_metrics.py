@@ -223,11 +223,10 @@ def grid_completion_references(dataset, num_clips: int = 16, start: int = 0, red
             draws = [rng.uniform(-dataset.speed, dataset.speed, size=3) @ axis for _ in paths]
             redrawn.append(grid([bounce(path[0], v + (draw - v @ axis) * axis, len(frames), BOX)
                                  for path, v, draw in zip(paths, velocities, draws)]))
-    real = np.stack(truths)[:, 1:, 1:]
+    real, frozen = np.stack(truths)[:, 1:, 1:], np.stack(frozen)[:, 1:, 1:]
     redrawn = np.stack(redrawn).reshape(num_clips, redraws, *truths[0].shape)[:, :, 1:, 1:]
     mse = ((redrawn - real[:, None]) ** 2).reshape(num_clips, redraws, -1).mean(axis=2)  # (clips, redraws)
-    return {"psnr_depth_frozen": psnr(np.stack(frozen)[:, 1:, 1:], real),
-            "psnr_depth_frozen_by_view": by_view(np.stack(frozen)[:, 1:, 1:], real),
+    return {"psnr_depth_frozen": psnr(frozen, real), "psnr_depth_frozen_by_view": by_view(frozen, real),
             "psnr_depth_redrawn": float(decibels(mse).mean()),
             "psnr_depth_redrawn_of_mean_mse": float(decibels(mse.mean(axis=1)).mean()),
             "depth_redrawn_exact_matches": int((mse == 0).sum()), "num_clips": num_clips, "redraws": redraws}

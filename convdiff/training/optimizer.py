@@ -3,9 +3,11 @@
 torch's AdamW defaults to a loop over the parameters on the CPU, a dozen elementwise passes per tensor; its fused
 kernel updates each tensor in one pass (CPU since torch 2.4, and CUDA). For DiCo-S's 33M parameters one step took
 150-240 ms on the loop and 26-40 ms fused (2-core AMD EPYC, one thread, docs/benchmarks.md): at batch 1 on a CPU
-the loop is a third of a training step. The fused kernel applies where every parameter is a plain floating-point
-tensor on the CPU or a CUDA device; elsewhere (sharded or other tensor subclasses, other devices) the default
-implementation runs. Its rounding differs from the loop's in the last bits, as torch documents.
+the loop is a third of a training step. The choice is made on the parameters the optimizer is built with: fused
+where every one is a plain floating-point tensor on the CPU or a CUDA device, else (tensor subclasses, other
+devices) the default implementation. The training loop builds it before `accelerator.prepare`, so under FSDP the
+fused kernel then updates the sharded parameters (tests/test_engines.py trains and resumes that way on CPU). Its
+rounding differs from the loop's in the last bits, as torch documents.
 """
 
 import torch
